@@ -1,0 +1,3 @@
+"""focalbench: reproduce the ablations of Focal Loss for Dense Object Detection."""
+
+__version__ = "0.1.0"
