@@ -1,0 +1,152 @@
+"""Optuna storages from one URL: SQLite/any SQLAlchemy URL, or a journal file for several workers.
+
+A storage URL is what the user writes in ``hydra.sweeper.storage`` (and what each job receives as
+``optuna.storage``):
+
+- ``sqlite:///results/optuna.db``: SQLite, path relative to the *original* working directory (not
+  Hydra's run dir); ``sqlite:////abs/path.db`` is absolute. Any other SQLAlchemy URL
+  (``postgresql://...``, ``mysql+pymysql://...``) is used as is.
+- ``journal://results/optuna.log`` (relative) or ``journal:///abs/optuna.log`` (absolute), or a plain
+  path ending in ``.log`` / ``.journal``: ``JournalStorage(JournalFileBackend(path))``, the storage
+  Optuna recommends for several local processes (or machines on one shared file system).
+- a plain path ending in ``.db`` / ``.sqlite`` / ``.sqlite3``: SQLite.
+
+:func:`resolve_storage_url` turns a relative URL into an absolute one once, in the sweeper, so jobs
+that run in another directory (or on another machine with the same mount) open the same file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+JOURNAL_SCHEME = "journal://"
+JOURNAL_SUFFIXES = (".log", ".journal")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SQLITE_PREFIX = "sqlite:///"
+
+
+def is_journal_url(url: str) -> bool:
+    return url.startswith(JOURNAL_SCHEME) or ("://" not in url and url.endswith(JOURNAL_SUFFIXES))
+
+
+def journal_path(url: str) -> str:
+    """The file of a journal URL (``journal:///abs.log`` -> ``/abs.log``, ``x.log`` -> ``x.log``)."""
+    return url[len(JOURNAL_SCHEME):] if url.startswith(JOURNAL_SCHEME) else url
+
+
+def sqlite_path(url: str) -> str | None:
+    """The database file of a SQLite URL, None for other URLs and in-memory SQLite."""
+    if not url.startswith(SQLITE_PREFIX):
+        return None
+    path = url[len(SQLITE_PREFIX):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def resolve_storage_url(url: str | None, base_dir: str | os.PathLike) -> str | None:
+    """Make file paths in ``url`` absolute against ``base_dir``; check the form of ``url``.
+
+    ``None`` stays ``None`` (in-memory study: no resume, no pruning from jobs).
+    """
+    if url is None:
+        return None
+    url = str(url).strip()
+    base = Path(base_dir)
+    if is_journal_url(url):
+        path = Path(journal_path(url)).expanduser()
+        if not str(path) or str(path) == ".":
+            raise ValueError(f"hydra.sweeper.storage={url!r}: a journal URL needs a file, e.g. journal:///abs/optuna.log")
+        return JOURNAL_SCHEME + str(path if path.is_absolute() else (base / path).resolve())
+    if "://" not in url and url.endswith(SQLITE_SUFFIXES):
+        url = SQLITE_PREFIX + url
+    if url.startswith(SQLITE_PREFIX):
+        path = sqlite_path(url)
+        if path is None:
+            return url
+        query = url[len(SQLITE_PREFIX) + len(path):]
+        p = Path(path).expanduser()
+        return SQLITE_PREFIX + str(p if p.is_absolute() else (base / p).resolve()) + query
+    if "://" in url:
+        return url  # any other SQLAlchemy URL (server databases): nothing to resolve
+    raise ValueError(
+        f"hydra.sweeper.storage={url!r}: expected a SQLAlchemy URL (sqlite:///results/optuna.db), "
+        f"journal:///path/file.log, a path ending in {', '.join(JOURNAL_SUFFIXES + SQLITE_SUFFIXES)}, or null"
+    )
+
+
+def storage_file(url: str | None) -> str | None:
+    """The local file behind ``url`` (SQLite database or journal), None for servers / memory."""
+    if url is None:
+        return None
+    if is_journal_url(url):
+        return journal_path(url)
+    return sqlite_path(url)
+
+
+def make_storage(
+    url: str | None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retry: int | None = None,
+) -> BaseStorage | None:
+    """Open the storage behind ``url`` (None -> None, i.e. Optuna's in-memory storage).
+
+    For RDB storages ``heartbeat_interval`` turns on Optuna's heartbeats, and trials whose
+    heartbeat is older than ``grace_period`` are failed and re-queued (at most ``max_retry`` times)
+    by ``RetryHeartbeatStaleTrialCallback``. Journal storages have no native heartbeat: see
+    :mod:`focalbench.sweeps.study` for ours.
+    """
+    if url is None:
+        return None
+    file = storage_file(url)
+    if file is not None:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+    if is_journal_url(url):
+        return JournalStorage(JournalFileBackend(file))
+    kwargs = {}
+    if url.startswith("sqlite"):
+        # Several workers write one SQLite file: wait for the lock instead of failing after 5 s.
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval is not None:
+            kwargs.update(
+                heartbeat_interval=int(heartbeat_interval),
+                grace_period=None if grace_period is None else int(grace_period),
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            )
+        return RDBStorage(url, **kwargs)
+
+
+@contextlib.contextmanager
+def storage_lock(url: str | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``<storage file>.study.lock`` (no-op for servers / memory).
+
+    Creating the schema and the study, and enqueuing fixed points, happen under this lock, so
+    workers started together neither race on SQLite's ``CREATE TABLE`` (``table studies already
+    exists``) nor enqueue a grid point twice. ``fcntl`` locks work on local disks and on most
+    network file systems; on a server database the study's unique name is the guard instead.
+    """
+    file = storage_file(url)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; start one worker first there.
+        fcntl = None
+    if file is None or fcntl is None:
+        yield
+        return
+    lock_path = Path(file + ".study.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
