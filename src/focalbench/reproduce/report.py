@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from focalbench.reproduce import figures
+from focalbench.reproduce.dashboard import build_dashboard
 from focalbench.reproduce.analysis import NOISE_FLOOR, RowResult, Verdict, kendall_tau, table_verdict
 from focalbench.reproduce.runner import RunSpec
 from focalbench.reproduce.sweeps import Table
@@ -88,6 +89,7 @@ def write_results(tables: list[Table], specs: list[RunSpec], results_dir: Path, 
         atomic_write_text(results_dir / f"table{table.id}.md", md)
         _table_figure(table, rows, fig_dir)
     figures.figure1(fig_dir / "figure1_loss_vs_pt.png")
+    build_dashboard(results_dir / "dashboard.html", results_dir.name, tables, results, summary)
     atomic_write_text(results_dir / "report.md",
                       _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store))
     return summary
