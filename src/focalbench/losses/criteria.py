@@ -1,0 +1,260 @@
+"""Classification criteria the detector calls: ``build_classification_loss(**cfg.loss)``.
+
+Every criterion is called as ``loss_fn(logits, labels, anchors)``:
+    logits  ``(N, A, K)`` (sigmoid losses) or ``(N, A, K + 1)`` (``softmax_focal``, index 0 = background);
+            ``loss_fn.logits_per_anchor(K)`` says which.
+    labels  ``(N, A)`` long: ``0..K-1`` foreground class, ``-1`` background, ``-2`` ignored.
+    anchors ``(A, 4)`` xyxy, shared by the images of the batch (OHEM only).
+and returns a normalised scalar:
+    dense losses (ce, alpha_ce, focal, focal_star, softmax_focal): sum over all non-ignored anchors and
+        classes, divided by max(1, number of foreground anchors in the batch) (paper section 4);
+    OHEM (ohem, ohem_1to3): CE (alpha-weighted when alpha >= 0) summed over the selected anchors and
+        divided by their number (the mean of a sampled minibatch, as in OHEM / Fast R-CNN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .focal import (_compute_dtype, _sigmoid_focal, check_alpha, check_gamma, sigmoid_ce_from_labels,
+                    sigmoid_focal_loss_star, softmax_focal_loss)
+from .ohem import check_batch_size, check_neg_pos_ratio, check_nms_iou, select_hard_examples
+
+IGNORE = -2       # label of anchors with IoU in [.4, .5): no loss (background is -1)
+
+
+def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> None:
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be (N, A, C) and labels (N, A), got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    k = logits.shape[-1] if num_classes is None else num_classes
+    if labels.numel():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < IGNORE or hi >= k:
+            raise ValueError(f"labels must be in [-2, {k - 1}] (-2 ignored, -1 background), "
+                             f"got values in [{lo}, {hi}]")
+
+
+def one_hot_targets(labels: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+    """``(N, A)`` labels -> ``(N, A, K)`` 0/1 targets, batched (background and ignored rows all zero)."""
+    t = torch.zeros(*labels.shape, num_classes, dtype=dtype, device=labels.device)
+    fg = labels >= 0
+    t[fg, labels[fg]] = 1.0
+    return t
+
+
+class ClassificationLoss(nn.Module):
+    """Base criterion. Subclasses implement ``per_element`` or override ``forward``."""
+
+    softmax = False
+
+    def logits_per_anchor(self, num_classes: int) -> int:
+        """Outputs per anchor the classifier needs: K (sigmoid) or K + 1 (softmax, background first)."""
+        return num_classes + 1 if self.softmax else num_classes
+
+    def prior_bias(self, prior_prob: float, num_classes: int) -> float | torch.Tensor:
+        """Classifier bias init so that every anchor starts with foreground confidence ``prior_prob``
+        (paper section 4.1): ``-log((1 - pi) / pi)`` for each sigmoid output."""
+        pi = _check_prior(prior_prob)
+        return -math.log((1.0 - pi) / pi)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                anchors: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_anchor(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Un-normalised per-anchor losses ``(N, A)`` (summed over classes; ignored anchors 0)."""
+        raise NotImplementedError
+
+    def normalizer(self, labels: torch.Tensor) -> torch.Tensor:
+        """max(1, number of foreground anchors in the batch) (paper section 4)."""
+        return (labels >= 0).sum().clamp_min(1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
+
+    def hparams(self) -> dict:
+        return {}
+
+
+def _check_prior(prior_prob: float) -> float:
+    pi = float(prior_prob)
+    if not 0.0 < pi < 1.0:
+        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob!r}")
+    return pi
+
+
+class SigmoidFocalLoss(ClassificationLoss):
+    """FL (eq. 5) on K sigmoid outputs; ``gamma=0`` gives CE (``alpha < 0``) or alpha-balanced CE (eq. 3)."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.25):
+        super().__init__()
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
+
+    def hparams(self) -> dict:
+        return {"gamma": self.gamma, "alpha": self.alpha}
+
+    def _valid_weight(self, labels):
+        if bool((labels == IGNORE).any()):
+            return (labels != IGNORE).unsqueeze(-1).float()
+        return None
+
+    def forward(self, logits, labels, anchors=None):
+        _check_inputs(logits, labels)
+        t = one_hot_targets(labels, logits.shape[-1])
+        loss = _sigmoid_focal(logits, t, self.alpha, self.gamma, "sum", weight=self._valid_weight(labels),
+                              out_float32=True, hard=True)
+        return loss / self.normalizer(labels)
+
+    def per_anchor(self, logits, labels):
+        """Un-normalised per-anchor loss ``(N, A)`` (summed over classes; ignored anchors 0)."""
+        _check_inputs(logits, labels)
+        t = one_hot_targets(labels, logits.shape[-1])
+        loss = _sigmoid_focal(logits, t, self.alpha, self.gamma, "none", weight=self._valid_weight(labels),
+                              out_float32=True, hard=True)
+        return loss.sum(-1)
+
+
+class FocalStarLoss(ClassificationLoss):
+    """FL* (Appendix A): ``-alpha_t log(sigmoid(gamma x_t + beta)) / gamma`` on K sigmoid outputs."""
+
+    def __init__(self, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25):
+        super().__init__()
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
+        if self.gamma == 0:
+            raise ValueError("loss.gamma must be > 0 for focal_star (it divides the loss), got 0.0")
+        self.beta = float(beta)
+        if not math.isfinite(self.beta):
+            raise ValueError(f"loss.beta must be a finite number, got {beta!r}")
+
+    def hparams(self) -> dict:
+        return {"gamma": self.gamma, "beta": self.beta, "alpha": self.alpha}
+
+    def per_anchor(self, logits, labels):
+        _check_inputs(logits, labels)
+        t = one_hot_targets(labels, logits.shape[-1])
+        x = logits.to(_compute_dtype(logits))
+        loss = sigmoid_focal_loss_star(x, t.to(x.dtype), self.alpha, self.gamma, self.beta).sum(-1)
+        return loss * (labels != IGNORE)
+
+    def forward(self, logits, labels, anchors=None):
+        return self.per_anchor(logits, labels).sum() / self.normalizer(labels)
+
+
+class SoftmaxFocalLoss(ClassificationLoss):
+    """Multi-class FL over K + 1 softmax outputs (index 0 = background; alpha_t = 1 - alpha there)."""
+
+    softmax = True
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.25):
+        super().__init__()
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
+
+    def hparams(self) -> dict:
+        return {"gamma": self.gamma, "alpha": self.alpha}
+
+    def prior_bias(self, prior_prob: float, num_classes: int) -> torch.Tensor:
+        """Bias ``(K + 1,)``: 0 for the K foreground logits and ``log(K (1 - pi) / pi)`` for background, so
+        that p(background) = 1 - pi and each foreground class starts at pi / K."""
+        pi = _check_prior(prior_prob)
+        bias = torch.zeros(num_classes + 1)
+        bias[0] = math.log(num_classes * (1.0 - pi) / pi)
+        return bias
+
+    def per_anchor(self, logits, labels):
+        _check_inputs(logits, labels, num_classes=logits.shape[-1] - 1)
+        n, a, c = logits.shape
+        target = torch.where(labels == IGNORE, -100, labels + 1).reshape(-1)  # background -1 -> 0
+        x = logits.to(_compute_dtype(logits))
+        loss = softmax_focal_loss(x.reshape(-1, c), target, self.alpha, self.gamma, "none",
+                                  ignore_index=-100, background_index=0)
+        return loss.reshape(n, a)
+
+    def forward(self, logits, labels, anchors=None):
+        return self.per_anchor(logits, labels).sum() / self.normalizer(labels)
+
+
+class OHEMLoss(ClassificationLoss):
+    """OHEM (paper section 5.1) or, with ``neg_pos_ratio``, OHEM 1:3 (SSD's rule). Anchors are scored by
+    CE summed over the K classes (no grad), selected by ``select_hard_examples``, and the loss is the
+    (alpha-weighted when alpha >= 0) CE of the selected anchors, averaged over them."""
+
+    def __init__(self, batch_size: int = 128, nms_iou: float = 0.7, per_image: bool = True,
+                 alpha: float = -1.0, neg_pos_ratio: float | None = None):
+        super().__init__()
+        self.batch_size = check_batch_size(batch_size, "loss.batch_size")
+        self.nms_iou = check_nms_iou(nms_iou, "loss.nms_iou")
+        if not isinstance(per_image, bool):
+            raise ValueError(f"loss.per_image must be true or false, got {per_image!r}")
+        self.per_image = per_image
+        self.alpha = check_alpha(alpha, "loss.alpha")
+        self.neg_pos_ratio = None if neg_pos_ratio is None else check_neg_pos_ratio(neg_pos_ratio,
+                                                                                     "loss.neg_pos_ratio")
+
+    def hparams(self) -> dict:
+        h = {"batch_size": self.batch_size, "nms_iou": self.nms_iou, "per_image": self.per_image,
+             "alpha": self.alpha}
+        if self.neg_pos_ratio is not None:
+            h["neg_pos_ratio"] = self.neg_pos_ratio
+        return h
+
+    @torch.no_grad()
+    def scores(self, logits, labels):
+        """Per-anchor CE ``(N, A)`` summed over classes: the OHEM ranking score."""
+        return sigmoid_ce_from_labels(logits, one_hot_targets(labels, logits.shape[-1])).sum(-1)
+
+    def select(self, logits, labels, anchors):
+        """``(image_idx, anchor_idx)`` of the anchors this minibatch trains on."""
+        _check_inputs(logits, labels)
+        if anchors is None or anchors.shape != (logits.shape[1], 4):
+            got = None if anchors is None else tuple(anchors.shape)
+            raise ValueError(f"OHEM needs anchors of shape ({logits.shape[1]}, 4), got {got}")
+        return select_hard_examples(anchors, self.scores(logits, labels), labels, self.batch_size,
+                                    self.nms_iou, self.per_image, self.neg_pos_ratio)
+
+    def forward(self, logits, labels, anchors=None):
+        img, anc = self.select(logits, labels, anchors)
+        if img.numel() == 0:
+            return logits.sum() * 0.0
+        x = logits[img, anc]                                           # (S, K)
+        t = one_hot_targets(labels[img, anc], logits.shape[-1])
+        loss = _sigmoid_focal(x, t, self.alpha, 0.0, "sum", out_float32=True, hard=True)
+        return loss / img.numel()
+
+    def per_anchor(self, logits, labels):
+        """Per-anchor CE (alpha-weighted when alpha >= 0), ignored anchors 0: ``(N, A)``."""
+        _check_inputs(logits, labels)
+        t = one_hot_targets(labels, logits.shape[-1])
+        weight = (labels != IGNORE).unsqueeze(-1).float()
+        return _sigmoid_focal(logits, t, self.alpha, 0.0, "none", weight=weight, out_float32=True,
+                              hard=True).sum(-1)
+
+
+# name -> (class, fixed kwargs, allowed keys)
+_LOSSES = {
+    "ce": (SigmoidFocalLoss, {"gamma": 0.0, "alpha": -1.0}, ()),
+    "alpha_ce": (SigmoidFocalLoss, {"gamma": 0.0}, ("alpha",)),
+    "focal": (SigmoidFocalLoss, {}, ("gamma", "alpha")),
+    "focal_star": (FocalStarLoss, {}, ("gamma", "beta", "alpha")),
+    "softmax_focal": (SoftmaxFocalLoss, {}, ("gamma", "alpha")),
+    "ohem": (OHEMLoss, {}, ("batch_size", "nms_iou", "per_image", "alpha")),
+    "ohem_1to3": (OHEMLoss, {"neg_pos_ratio": 3.0}, ("batch_size", "nms_iou", "per_image", "neg_pos_ratio",
+                                                    "alpha")),
+}
+
+
+def build_classification_loss(name: str, **params) -> ClassificationLoss:
+    """Criterion from a ``conf/loss/*.yaml`` entry: ``build_classification_loss(**cfg.loss)``."""
+    if name not in _LOSSES:
+        raise ValueError(f"loss.name must be one of {sorted(_LOSSES)}, got {name!r}")
+    cls, fixed, allowed = _LOSSES[name]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"loss.{unknown[0]} is not a parameter of loss {name!r} "
+                         f"(allowed: {', '.join(allowed) or 'none'}), got {params[unknown[0]]!r}")
+    return cls(**{**fixed, **params})
