@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default="outputs/reproduce", help="run directories (git-ignored)")
     ap.add_argument("--report-only", action="store_true", help="rebuild tables/figures/report from runs/ only")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--in-process", choices=("auto", "yes", "no"), default="auto",
+                    help="train in the driver's process (auto: only for the smoke profile, whose runs take ~1 s)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args(argv)
     tables_arg = [t for item in args.tables for t in item.replace(",", " ").split()]
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = plan_runs(tables, args.profile, seeds, args.overrides)
     else:
         specs = run_tables(tables, args.profile, seeds, results_dir, Path(args.work_dir) / args.profile,
-                           args.overrides, progress=not args.no_progress)
+                           args.overrides, progress=not args.no_progress,
+                           in_process=args.in_process == "yes" or (args.in_process == "auto" and args.profile == "smoke"))
     write_manifest(results_dir, specs)
     command = " ".join(["python -m focalbench.reproduce", f"--profile {args.profile}",
                         f"--tables {' '.join(tables_arg)}", f"--seeds {args.seeds}",

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
     with storage_lock(url):
         study = open_study(storage, study_name(profile, table), "maximize", optuna.samplers.RandomSampler(),
                            optuna.pruners.NopPruner())
-        study.set_metric_names(["AP"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["AP"])
         fail_stale_trials(study, storage, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, max_retry=None)
         # A point is live while some trial of it is waiting, running or complete; a point whose trials all
         # failed (a crashed run, or a point left over from another SEEDS/TABLES selection) is queued again.
@@ -88,13 +91,24 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
     return study
 
 
-def run_one(spec: RunSpec, run_dir: Path, log_path: Path) -> dict:
-    """One training run in its own process (a crash or OOM there cannot take the driver down)."""
+def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = False) -> dict:
+    """One training run, by default in its own process (a crash or OOM there cannot take the driver down).
+
+    ``in_process`` saves the ~10 s of imports per run (the smoke profile's runs take a second): an
+    exception is then recorded as a failed run, but a hard crash would stop the driver (re-run resumes).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "focalbench.train", *spec.overrides, f"hydra.run.dir={run_dir}",
-           f"tags.group=table{spec.table}", "tags.job_type=reproduce"]
+    tags = [f"tags.group=table{spec.table}", "tags.job_type=reproduce"]
+    if in_process:
+        from focalbench.train import compose, run
+
+        try:
+            return run(compose([*spec.overrides, *tags]), run_dir)
+        except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
+            return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300], "AP": 0.0}
+    cmd = [sys.executable, "-m", "focalbench.train", *spec.overrides, f"hydra.run.dir={run_dir}", *tags]
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if metrics_path.exists():
@@ -105,7 +119,7 @@ def run_one(spec: RunSpec, run_dir: Path, log_path: Path) -> dict:
 
 
 def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir: Path, work_dir: Path,
-               extra_overrides: list[str] = (), progress: bool = True) -> list[RunSpec]:
+               extra_overrides: list[str] = (), progress: bool = True, in_process: bool = False) -> list[RunSpec]:
     """Make sure every (row, seed) of ``tables`` has a finished run in ``results_dir/runs``."""
     store = RunStore(results_dir / "runs")
     specs = plan_runs(tables, profile, seeds, list(extra_overrides))
@@ -119,7 +133,7 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
     for table in tables:
         study = prepare_study(url, storage, profile, table, seeds)
         while (trial := pop_waiting_trial(study, storage)) is not None:
-            fixed = trial.system_attrs.get("fixed_params", {})
+            fixed = storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
             spec = by_key.get((table.id, fixed.get("row"), fixed.get("seed")))
             if spec is None:  # a point of a row or seed no longer in the sweep file / this invocation
                 study.tell(trial, state=TrialState.FAIL)
@@ -133,7 +147,7 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
                 bar.set_postfix_str(f"table {table.id}: {spec.row} seed {spec.seed}")
                 run_dir = work_dir / spec.config_hash
                 with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS):
-                    metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"))
+                    metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"), in_process)
                 if metrics.get("status") in CACHED_STATUSES:
                     store.put(spec.config_hash, metrics)
             if metrics.get("status") in CACHED_STATUSES and spec.config_hash not in done:
