@@ -9,7 +9,7 @@ TABLES ?= 1a 1b 1c 1d
 SEEDS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all reproduce-ablations search dashboard
+.PHONY: install test test-all reproduce-ablations reproduce-imbalance search dashboard
 
 install: $(STAMP)
 
@@ -33,8 +33,11 @@ reproduce-ablations: install
 	$(PY) -m focalbench.reproduce --profile $(PROFILE) --tables $(TABLES) --seeds $(SEEDS)
 
 # TPE search over loss.gamma x loss.alpha with median pruning (sweeps/search_gamma_alpha.yaml), our Optuna sweeper.
+SEARCH_CMD = $(PY) -m focalbench.train -m --config-dir sweeps --config-name search_gamma_alpha profile=$(PROFILE)
 search: install
-	$(PY) -m focalbench.train -m --config-dir sweeps --config-name search_gamma_alpha profile=$(PROFILE)
+	$(SEARCH_CMD)
+	$(PY) -m focalbench.sweeps.report --storage sqlite:///results/$(PROFILE)/optuna.db --study search_gamma_alpha \
+		--out results/$(PROFILE)/search --command "make search PROFILE=$(PROFILE)"
 
 # Rebuild results/$(PROFILE)/dashboard.html from runs/, then serve optuna-dashboard on the table studies
 # (localhost only; STORAGE=sqlite:///results/$(PROFILE)/optuna.db shows the gamma/alpha search instead).
@@ -44,3 +47,7 @@ dashboard: install
 	$(PY) -m focalbench.reproduce --profile $(PROFILE) --tables $(TABLES) --seeds $(SEEDS) --report-only
 	@echo "dashboard page: results/$(PROFILE)/dashboard.html; live studies: http://127.0.0.1:$(PORT)"
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(PORT) $(if $(filter %.journal %.log,$(STORAGE)),--storage-class JournalFileStorage) $(STORAGE)
+
+# Focal loss beyond detection: CE / alpha-CE / FL / tuned FL at imbalance 1:1..1:10,000 (sweeps/imbalance.yaml).
+reproduce-imbalance: install
+	$(PY) -m focalbench.classify.study --profile $(PROFILE) --seeds $(if $(filter command line,$(origin SEEDS)),$(SEEDS),3)

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"--tables {' '.join(tables_arg)}", f"--seeds {args.seeds}",
                         *map(shlex.quote, args.overrides)])
     summary = write_results(tables, specs, results_dir, command, _profile_summary(args.profile),
-                            None if args.report_only else time.time() - start)
+                            None if args.report_only else time.time() - start,
+                            work_dir=Path(args.work_dir) / args.profile)
     for tid, (tau, v) in summary.items():
         print(f"table {tid}: tau={tau:.2f}  {v.verdict}: {v.detail}")
     print(f"wrote {results_dir}/report.md")

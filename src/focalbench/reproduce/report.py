@@ -68,7 +68,8 @@ def table_markdown(table: Table, rows: dict[str, RowResult], tau: float, verdict
 
 
 def write_results(tables: list[Table], specs: list[RunSpec], results_dir: Path, command: str,
-                  profile_summary: str, wall_seconds: float | None, noise_floor: float = NOISE_FLOOR) -> dict:
+                  profile_summary: str, wall_seconds: float | None, noise_floor: float = NOISE_FLOOR,
+                  work_dir: Path | None = None) -> dict:
     """Write table*.csv/.md, figures/ and report.md; return {table: (tau, verdict)}."""
     store = RunStore(results_dir / "runs")
     results = collect(tables, specs, store)
@@ -89,9 +90,11 @@ def write_results(tables: list[Table], specs: list[RunSpec], results_dir: Path, 
         atomic_write_text(results_dir / f"table{table.id}.md", md)
         _table_figure(table, rows, fig_dir)
     figures.figure1(fig_dir / "figure1_loss_vs_pt.png")
+    fig4_note = _figure4(specs, work_dir, fig_dir) if work_dir is not None else None
     build_dashboard(results_dir / "dashboard.html", results_dir.name, tables, results, summary)
     atomic_write_text(results_dir / "report.md",
-                      _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store))
+                      _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store,
+                              fig4_note))
     return summary
 
 
@@ -109,7 +112,29 @@ def _table_figure(table: Table, rows: dict[str, RowResult], fig_dir: Path) -> No
         figures.bar_figure(rs, f"Table {table.id}: {table.title}", fig_dir / f"table{table.id}.png")
 
 
-def _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store) -> str:
+FIG4_ROWS = (("1b", "g=2 a=.25"), ("1c", "3 sc / 3 ar"), ("3", "FL g=2"))  # the default FL gamma=2 model
+
+
+def _figure4(specs: list[RunSpec], work_dir: Path, fig_dir: Path) -> str | None:
+    """Figure 4 from the saved weights of the default FL run (seed 0), when its run directory is here."""
+    from focalbench.reproduce import figure4
+
+    for s in specs:
+        if (s.table, s.row) in FIG4_ROWS and s.seed == 0 and (work_dir / s.config_hash / figure4.WEIGHTS_FILE).exists():
+            pos, neg = figure4.collect_probabilities(work_dir / s.config_hash, s.overrides)
+            figure4.figure4(pos, neg, fig_dir / "figure4_loss_cdf.png")
+            shares = ", ".join(f"γ={g:g}: positives {figure4.hardest_share(pos, g):.0%}, negatives "
+                               f"{figure4.hardest_share(neg, g):.0%}" for g in figure4.GAMMAS)
+            note = (f"Figure 4 from run `{s.config_hash}` ({len(pos):,} positive and {len(neg):,} negative outputs "
+                    f"on the validation split). Share of the loss carried by the hardest 20% of samples: {shares}. "
+                    "The paper: ~half for positives at every gamma; for negatives at gamma=2 nearly all of it.")
+            atomic_write_text(fig_dir / "figure4_loss_cdf.md", note + "\n")
+            return note
+    kept = fig_dir / "figure4_loss_cdf.md"  # rebuilt elsewhere (weights are not committed): keep its note
+    return kept.read_text().strip() if kept.exists() else None
+
+
+def _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store, fig4_note=None) -> str:
     runs = [store.get(s.config_hash) for s in {s.config_hash: s for s in specs}.values()]
     runs = [r for r in runs if r]
     train_s = sum(float(r.get("train_seconds", 0)) for r in runs)
@@ -132,6 +157,6 @@ def _report(tables, summary, sections, command, profile_summary, wall_seconds, s
               f"torch {torch.__version__}, Python {platform.python_version()}",
               "", "## Command", "", f"```\n{command}\n```", "", "## Tables", ""]
     lines += sections
-    lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})"
-                                   for p in sorted((store.root.parent / "figures").glob("*.png"))]
+    lines += ["## Figures", ""] + ([fig4_note, ""] if fig4_note else []) + [
+        f"![{p.stem}](figures/{p.name})" for p in sorted((store.root.parent / "figures").glob("*.png"))]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,61 @@
+"""The imbalance study end to end on a tiny grid: Optuna journal study, run cache, resume, report."""
+
+from __future__ import annotations
+
+import yaml
+
+from focalbench.classify import run as run_module
+from focalbench.classify import study
+from focalbench.classify.report import beats
+
+
+def _tiny_sweep(tmp_path):
+    sweep = yaml.safe_load(study.SWEEP.read_text())
+    sweep["profiles"]["smoke"] = {"ratios": [1, 20], "seeds": 1, "search_trials": 2}
+    path = tmp_path / "imbalance.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_smoke_study_end_to_end_and_resume(tmp_path, monkeypatch):
+    sweep, res = _tiny_sweep(tmp_path), tmp_path / "results"
+    args = ["--profile", "smoke", "--results", str(res), "--sweep", str(sweep), "--workers", "1", "--no-progress"]
+    assert study.main(args) == 0
+    out = res / "smoke" / "imbalance"
+    for name in ("table.md", "table.csv", "ap_vs_ratio.png", "ece_vs_ratio.png", "report.md", "study.journal"):
+        assert (out / name).is_file(), name
+    runs = set((out / "runs").glob("*.json"))
+    # 2 ratios x (ce, alpha_ce, focal + 1 new inner run + the tuned summary): focal is the first inner trial
+    assert len(runs) == 2 * 5
+    csv_rows = (out / "table.csv").read_text().strip().splitlines()
+    assert len(csv_rows) == 1 + 2 * 4 and "1:20" in (out / "table.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Verdict" in report and "not tested" in report  # no ratio >= 1000 in this grid
+
+    # Re-running trains nothing: every trial is complete and cached.
+    def no_training(*a, **k):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(run_module, "run", no_training)
+    assert study.main(args) == 0
+    assert set((out / "runs").glob("*.json")) == runs
+    monkeypatch.undo()
+
+    # A second seed: only the missing trials run (5 new files), the first seed's are reused.
+    assert study.main(args + ["--seeds", "2"]) == 0
+    assert len(set((out / "runs").glob("*.json")) - runs) == 2 * 5
+    trials = study.prepare(study.load_sweep(sweep, "smoke") | {"seeds": 2}, "tabular", out)
+    assert trials[1] == 0  # nothing left to do
+    assert len(trials[0].get_trials()) == 2 * 4 * 2
+
+
+def test_verdict_rule_uses_the_seed_spread():
+    import numpy as np
+
+    win, diff, spread, _ = beats(np.array([0.8, 0.82, 0.81]), np.array([0.5, 0.52, 0.49]))
+    assert win and diff > spread
+    win, *_ = beats(np.array([0.8, 0.5, 0.9]), np.array([0.6, 0.7, 0.65]))
+    assert not win  # a mean gain inside the spread of the paired differences is noise
+    # paired: a consistent gain on tasks of very different difficulty counts
+    win, diff, spread, _ = beats(np.array([0.86, 0.15, 0.07]), np.array([0.84, 0.05, 0.02]))
+    assert win and spread < diff

@@ -1,0 +1,38 @@
+"""The search report: pruning savings from the trials' per-epoch reports, table and plots written."""
+
+import optuna
+from optuna.trial import TrialState, create_trial
+from optuna.distributions import FloatDistribution
+
+from focalbench.sweeps.report import pruning_savings, write_report
+
+DIST = {"loss.gamma": FloatDistribution(0, 5), "loss.alpha": FloatDistribution(0.05, 0.999)}
+
+
+def _trial(g, a, values, state):
+    return create_trial(params={"loss.gamma": g, "loss.alpha": a}, distributions=DIST, state=state,
+                        value=values[-1] if state == TrialState.COMPLETE else None,
+                        intermediate_values=dict(enumerate(values)))
+
+
+def test_savings_count_epochs_of_pruned_trials():
+    trials = [_trial(2, .25, [5, 9, 12, 14], TrialState.COMPLETE), _trial(0, .9, [2], TrialState.PRUNED),
+              _trial(4, .5, [3, 4], TrialState.PRUNED)]
+    s = pruning_savings(trials)
+    assert s["epochs_per_full_trial"] == 4 and s["trial_epochs_run"] == 4 + 1 + 2
+    assert s["trial_epochs_without_pruning"] == 12 and abs(s["saved_fraction"] - 5 / 12) < 1e-9
+
+
+def test_report_files(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    for g, a, v in [(2, .25, [5, 9, 12]), (1, .5, [4, 8, 10]), (3, .75, [3, 6, 9]), (0.5, .3, [6, 8, 11])]:
+        study.add_trial(_trial(g, a, v, TrialState.COMPLETE))
+    study.add_trial(_trial(4.5, .95, [1], TrialState.PRUNED))
+    r = write_report(url, "s", tmp_path / "out", command="make search")
+    assert r["best"] == {"loss.gamma": 2, "loss.alpha": .25}
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "13 trial-epochs run vs 15 without pruning" in text and "make search" in text
+    for f in ("trials.csv", "best.yaml", "optimization_history.png", "contour_gamma_alpha.png"):
+        assert (tmp_path / "out" / f).stat().st_size > 0
+    assert (tmp_path / "out" / "trials.csv").read_text().count("\n") == 6
