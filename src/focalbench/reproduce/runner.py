@@ -10,6 +10,8 @@ failed and re-queues the same row and seed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -91,6 +93,18 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
     return study
 
 
+@contextlib.contextmanager
+def _run_lock(work_dir: Path, key: str):
+    """Exclusive per-config lock (``fcntl``; released by the kernel if the worker dies)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / f"{key}.lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = False) -> dict:
     """One training run, by default in its own process (a crash or OOM there cannot take the driver down).
 
@@ -142,14 +156,16 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
             trial.suggest_categorical("row", [r.name for r in table.rows])
             trial.suggest_int("seed", 0, max(999, spec.seed))
             trial.set_user_attr("config_hash", spec.config_hash)
-            metrics = store.get(spec.config_hash)
-            if metrics is None or metrics.get("status") not in CACHED_STATUSES:
-                bar.set_postfix_str(f"table {table.id}: {spec.row} seed {spec.seed}")
-                run_dir = work_dir / spec.config_hash
-                with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS):
+            with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
+                # Under the lock: a run shared by two tables that another worker is training is waited for,
+                # then read from the store, never trained twice.
+                metrics = store.get(spec.config_hash)
+                if metrics is None or metrics.get("status") not in CACHED_STATUSES:
+                    bar.set_postfix_str(f"table {table.id}: {spec.row} seed {spec.seed}")
+                    run_dir = work_dir / spec.config_hash
                     metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"), in_process)
-                if metrics.get("status") in CACHED_STATUSES:
-                    store.put(spec.config_hash, metrics)
+                    if metrics.get("status") in CACHED_STATUSES:
+                        store.put(spec.config_hash, metrics)
             if metrics.get("status") in CACHED_STATUSES and spec.config_hash not in done:
                 done.add(spec.config_hash)
                 bar.update(1)
