@@ -28,6 +28,12 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 
 JOURNAL_SCHEME = "journal://"
+# The password of a server URL, kept out of every URL that is written down: the sweeper moves it here
+# (jobs inherit the environment: local, submitit and SLURM's default --export=ALL) and make_storage
+# puts it back. Users may set it themselves for servers without a password file of their own.
+PASSWORD_ENV = "FOCALBENCH_OPTUNA_PASSWORD"
+# pg_advisory_lock key of focalbench's study creation: any 64-bit integer other tools do not use.
+PG_LOCK_KEY = 0x666F63616C62656E  # b"focalben"
 JOURNAL_SUFFIXES = (".log", ".journal")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_PREFIX = "sqlite:///"
@@ -48,6 +54,38 @@ def sqlite_path(url: str) -> str | None:
         return None
     path = url[len(SQLITE_PREFIX):].split("?", 1)[0]
     return None if path in ("", ":memory:") else path
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a server URL (``postgresql://user:pw@host/db``), None when it has none."""
+    if url is None or "://" not in url or url.startswith((SQLITE_PREFIX, JOURNAL_SCHEME)):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # not a SQLAlchemy URL: Optuna says so when it opens it
+        return None
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password shown as ``***``: what logs and result files may show."""
+    if url_password(url) is None:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def split_password(url: str | None) -> tuple[str | None, str | None]:
+    """``(url without its password, password)``; ``(url, None)`` when it has none."""
+    password = url_password(url)
+    if password is None:
+        return url, None
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return u._replace(password=None).render_as_string(hide_password=False), password
 
 
 def resolve_storage_url(url: str | None, base_dir: str | os.PathLike) -> str | None:
@@ -108,6 +146,7 @@ def make_storage(
     file = storage_file(url)
     if file is not None:
         Path(file).parent.mkdir(parents=True, exist_ok=True)
+    url = _with_env_password(url)
     if is_journal_url(url):
         return JournalStorage(JournalFileBackend(file))
     kwargs = {}
@@ -127,13 +166,19 @@ def make_storage(
 
 @contextlib.contextmanager
 def storage_lock(url: str | None) -> Iterator[None]:
-    """Hold an exclusive lock on ``<storage file>.study.lock`` (no-op for servers / memory).
+    """Hold an exclusive lock on ``<storage file>.study.lock``, or PostgreSQL's ``pg_advisory_lock``.
 
     Creating the schema and the study, and enqueuing fixed points, happen under this lock, so
-    workers started together neither race on SQLite's ``CREATE TABLE`` (``table studies already
-    exists``) nor enqueue a grid point twice. ``fcntl`` locks work on local disks and on most
-    network file systems; on a server database the study's unique name is the guard instead.
+    workers started together neither race on ``CREATE TABLE`` / ``CREATE TYPE`` (SQLite's ``table
+    studies already exists``, PostgreSQL's duplicate ``pg_type`` key) nor enqueue a grid point twice.
+    ``fcntl`` locks work on local disks and on most network file systems; PostgreSQL's advisory lock
+    is held by a connection of its own and freed by the server if the worker dies. Other server
+    databases (MySQL) are not locked: start one worker first there.
     """
+    if url is not None and url.startswith("postgresql"):
+        with _pg_advisory_lock(url):
+            yield
+        return
     file = storage_file(url)
     try:
         import fcntl
@@ -150,3 +195,35 @@ def storage_lock(url: str | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _with_env_password(url: str) -> str:
+    """A server URL without a password gets ``$FOCALBENCH_OPTUNA_PASSWORD`` when that is set."""
+    password = os.environ.get(PASSWORD_ENV)
+    if not password or "://" not in url or url.startswith((SQLITE_PREFIX, JOURNAL_SCHEME)):
+        return url
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.password is not None or u.username is None:
+        return url
+    return u.set(password=password).render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(url: str) -> Iterator[None]:
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    # NullPool + AUTOCOMMIT: the lock lives on one real connection, outside any transaction, and
+    # closing that connection (here, or the server noticing a dead worker) releases it.
+    engine = sa.create_engine(_with_env_password(url), poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": PG_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_LOCK_KEY})
+    finally:
+        engine.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -25,7 +26,15 @@ from optuna.trial import Trial, TrialState
 
 from focalbench.runstore import config_hash
 from focalbench.sweeps.params import format_value, grid_points, parse_params, trial_overrides
-from focalbench.sweeps.storage import make_storage, resolve_storage_url, storage_lock
+from focalbench.sweeps.storage import (
+    PASSWORD_ENV,
+    make_storage,
+    redact_url,
+    resolve_storage_url,
+    split_password,
+    storage_lock,
+    url_password,
+)
 from focalbench.sweeps.study import (
     PRUNER_ATTR,
     TrialHeartbeat,
@@ -138,6 +147,7 @@ class OptunaSweeperImpl(Sweeper):
 
     def sweep(self, arguments: List[str]) -> Dict[str, Any]:
         assert self.config is not None and self.launcher is not None
+        self._check_no_literal_password()
         params_conf = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         space, fixed = parse_params(params_conf)
         grid = sampler_name(self.sampler_cfg) == "grid"
@@ -149,6 +159,11 @@ class OptunaSweeperImpl(Sweeper):
         url = resolve_storage_url(self.storage_cfg, self.config.hydra.runtime.cwd)
         study_name = self.study_name or self._default_study_name(space, fixed)
         heartbeat = self.heartbeat_interval if url is not None else None
+        # Jobs get the URL without its password and inherit the password from the environment, so
+        # job configs, overrides, metrics.json and W&B configs never hold it (make_storage adds it back).
+        job_url, password = split_password(url)
+        if password is not None:
+            os.environ[PASSWORD_ENV] = password
         with storage_lock(url):
             storage = make_storage(url, heartbeat, self.grace_period, self.max_retry)
             if storage is None:
@@ -162,7 +177,7 @@ class OptunaSweeperImpl(Sweeper):
                 added = enqueue_points(study, points)
                 log.info("Grid: %d points, %d newly enqueued", len(points), added)
         log.info("Study %r in %s: sampler %s, pruner %s, direction %s, n_trials %d (total)",
-                 study_name, url, self.sampler_cfg, self.pruner_cfg["name"], self.direction, n_trials)
+                 study_name, redact_url(url), self.sampler_cfg, self.pruner_cfg["name"], self.direction, n_trials)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +205,7 @@ class OptunaSweeperImpl(Sweeper):
                 try:
                     params = [{name: suggest(self._reseeded(study, t), name, d) for name, d in space.items()}
                               for t in batch]
-                    overrides = [trial_overrides(fixed, p) + optuna_overrides(url, study_name, t.number)
+                    overrides = [trial_overrides(fixed, p) + optuna_overrides(job_url, study_name, t.number)
                                  for t, p in zip(batch, params)]
                     for t, o in zip(batch, overrides):
                         log.info("Trial %d: %s", t.number, " ".join(o))
@@ -226,6 +241,21 @@ class OptunaSweeperImpl(Sweeper):
         return self._write_results(study, study_name, url, sweep_dir)
 
     # --- helpers --------------------------------------------------------------------------------
+
+    def _check_no_literal_password(self) -> None:
+        """Refuse a password written into ``hydra.sweeper.storage`` (command line or config file).
+
+        Hydra saves that text in multirun.yaml and every job's .hydra/hydra.yaml, where no code of ours
+        could redact it; an ``${oc.env:...}`` interpolation is saved unresolved, so it is allowed.
+        """
+        raw = OmegaConf.to_container(self.config.hydra.sweeper, resolve=False).get("storage")
+        if isinstance(raw, str) and "${" not in raw and url_password(raw) is not None:
+            raise ValueError(
+                f"hydra.sweeper.storage={redact_url(raw)!r} holds a password, which Hydra would save in "
+                "multirun.yaml and every job's .hydra/; allowed: the URL without it and the password in "
+                "PGPASSWORD, ~/.pgpass or FOCALBENCH_OPTUNA_PASSWORD, or "
+                "hydra.sweeper.storage='${oc.env:OPTUNA_STORAGE}'"
+            )
 
     def _default_study_name(self, space: Dict[str, Any], fixed: Dict[str, str]) -> str:
         """``<job name>-<hash of search space, fixed overrides, direction>``: same command, same study."""
@@ -270,7 +300,7 @@ class OptunaSweeperImpl(Sweeper):
     def _write_results(self, study: optuna.Study, study_name: str, url: Optional[str], sweep_dir: Path) -> Dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-        results: Dict[str, Any] = {"name": "optuna", "study_name": study_name, "storage": url,
+        results: Dict[str, Any] = {"name": "optuna", "study_name": study_name, "storage": redact_url(url),
                                    "direction": self.direction, "trials": counts}
         if counts["complete"]:
             best = study.best_trial
