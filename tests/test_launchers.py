@@ -68,7 +68,7 @@ def test_basic_sweep_over_submitit_local(tmp_path):
 
 
 def test_submitit_slurm_requests_the_documented_resources(tmp_path):
-    """The command of docs/running_at_scale.md (2 nodes x 8 GPUs, one task per GPU) -> its #SBATCH lines."""
+    """The command of the README's "Running at scale" section (2 nodes x 8 GPUs, one task per GPU) -> its #SBATCH lines."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     (stubs / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
