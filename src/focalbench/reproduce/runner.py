@@ -114,7 +114,7 @@ def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = Fal
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)
-    tags = [f"tags.group=table{spec.table}", "tags.job_type=reproduce"]
+    tags = [f"tags.group=table{spec.table}", "tags.job_type=reproduce", "save_weights=true"]
     if in_process:
         from focalbench.train import compose, run
 

@@ -1,0 +1,125 @@
+"""Backbone + FPN of RetinaNet (paper section 4): C3-C5 from a ResNet body, P3-P5 top-down, P6 from C5, P7.
+
+Two bodies:
+- ``SmallResNet``: a 4-stage ResNet-style body (torchvision ``BasicBlock``s) with configurable widths, for
+  CPU profiles.
+- torchvision ResNet-18/34/50/101 (``weights=None`` by default; ImageNet weights only when asked for).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torchvision.models import get_model
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+BODIES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
+NORMS = ("bn", "frozen_bn", "gn", "none")
+
+
+def norm_layer(kind: str, groups: int = 16) -> Callable[[int], nn.Module]:
+    """``norm_layer(num_channels)`` factory for ``kind`` in ``NORMS``."""
+    if kind == "bn":
+        return nn.BatchNorm2d
+    if kind == "frozen_bn":
+        return FrozenBatchNorm2d
+    if kind == "gn":
+        return lambda c: nn.GroupNorm(min(groups, c), c)
+    if kind == "none":
+        return lambda c: nn.Identity()
+    raise ValueError(f"model.backbone.norm must be one of {NORMS}, got {kind!r}")
+
+
+class SmallResNet(nn.Module):
+    """Stem (3x3 conv, stride 2) + 4 stages of ``BasicBlock``s at strides 4, 8, 16, 32.
+
+    Returns ``OrderedDict(c3=..., c4=..., c5=...)``; ``out_channels = widths[1:]``.
+    """
+
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), blocks: Sequence[int] = (1, 1, 1, 1),
+                 norm: str = "bn"):
+        super().__init__()
+        if len(widths) != 4 or len(blocks) != 4 or min(widths) < 1 or min(blocks) < 1:
+            raise ValueError(f"model.backbone.widths/blocks need 4 positive entries each, got {list(widths)} / "
+                             f"{list(blocks)}")
+        make_norm = norm_layer(norm)
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), make_norm(widths[0]),
+                                  nn.ReLU(inplace=True))
+        stages, cin = [], widths[0]
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            stride = 2  # stem stride 2, then every stage halves: strides 4, 8, 16, 32
+            layers = []
+            for b in range(n):
+                s = stride if b == 0 else 1
+                down = None
+                if s != 1 or cin != w:
+                    down = nn.Sequential(nn.Conv2d(cin, w, 1, s, bias=False), make_norm(w))
+                layers.append(BasicBlock(cin, w, stride=s, downsample=down, norm_layer=make_norm))
+                cin = w
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.out_channels = list(widths[1:])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        x = self.layer1(self.stem(x))
+        c3 = self.layer2(x)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return OrderedDict(c3=c3, c4=c4, c5=c5)
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision ResNet body returning C3-C5. ``freeze_at`` freezes the stem (1) and res2 (2) as Detectron."""
+
+    def __init__(self, name: str = "resnet50", weights: str | None = None, norm: str = "bn", freeze_at: int = 0):
+        super().__init__()
+        body = get_model(name, weights=weights, norm_layer=norm_layer(norm))
+        self.body = IntermediateLayerGetter(body, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
+        frozen = [["conv1", "bn1"], ["layer1"]][:max(0, min(2, freeze_at))]
+        for prefix in (p for group in frozen for p in group):
+            for p in getattr(self.body, prefix).parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.body(x)
+
+
+class BackboneFPN(nn.Module):
+    """Body + ``FeaturePyramidNetwork`` + ``LastLevelP6P7``: a list [P3, P4, P5, P6, P7] of ``out_channels`` maps."""
+
+    def __init__(self, body: nn.Module, out_channels: int = 256):
+        super().__init__()
+        self.body = body
+        c5 = body.out_channels[-1]
+        extra = LastLevelP6P7(c5, out_channels)
+        extra.use_P5 = False  # paper: P6 is a 3x3/2 conv on C5 (torchvision switches to P5 when widths match)
+        self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels, extra_blocks=extra)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.fpn(self.body(x)).values())
+
+
+def build_backbone(name: str = "small", widths: Sequence[int] = (32, 64, 128, 256),
+                   blocks: Sequence[int] = (1, 1, 1, 1), weights: str | None = None, norm: str = "bn",
+                   freeze_at: int = 0, fpn_channels: int = 256) -> BackboneFPN:
+    if name == "small":
+        if weights:
+            raise ValueError(f"model.backbone.weights must be null for the small body, got {weights!r}")
+        body = SmallResNet(widths, blocks, norm)
+    elif name in BODIES:
+        body = TorchvisionResNet(name, weights, norm, freeze_at)
+    else:
+        raise ValueError(f"model.backbone.name must be one of {BODIES}, got {name!r}")
+    return BackboneFPN(body, fpn_channels)

@@ -1,0 +1,213 @@
+"""``RetinaNetModule``: the Lightning loop around ``RetinaNet`` (training, divergence stop, COCO validation).
+
+Validation under DDP: each rank predicts its shard; the detections are gathered and de-duplicated by image id
+(the distributed sampler pads the split with repeated images), rank zero evaluates the whole split once and
+broadcasts the stats, so every rank logs the same single-pass numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+import torch.distributed as dist
+
+from focalbench.evaluation import STAT_NAMES, evaluate_detections, to_coco_detections
+from focalbench.model.retinanet import RetinaNet
+from focalbench.runstore import atomic_write_json
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def lr_factor(step: int, max_steps: int, warmup_iters: int, warmup_factor: float, schedule: str,
+              steps: tuple[int, ...] = (), gamma: float = 0.1, min_factor: float = 0.0) -> float:
+    """Multiplier of the base lr at ``step``: linear warm-up from ``warmup_factor``, then cosine / step decay."""
+    if schedule == "step":
+        f = gamma ** sum(step >= s for s in steps)
+    elif schedule == "cosine":
+        t = min(max(step - warmup_iters, 0) / max(1, max_steps - warmup_iters), 1.0)
+        f = min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    else:
+        f = 1.0
+    if step < warmup_iters:
+        f *= warmup_factor + (1 - warmup_factor) * step / warmup_iters
+    return f
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class RetinaNetModule(L.LightningModule):
+    """Plain objects in: a ``RetinaNet`` and the optimiser settings (a dict, see ``conf/optim``).
+
+    ``summary_path``: rank zero writes the run's training facts there (steps, time, divergence), so the
+    launching process can read them even when Lightning trained in spawned children.
+    """
+
+    def __init__(self, model: RetinaNet, optim: Mapping[str, Any], max_steps: int, batch_size: int = 1,
+                 summary_path: str | None = None, eval_backend: str = "faster", log_images: int = 4):
+        super().__init__()
+        self.model = model
+        self.optim = dict(optim)
+        if self.optim.get("name") not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.optim.get('name')!r}")
+        if self.optim.get("schedule", "cosine") not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.get('schedule')!r}")
+        self.max_steps = int(max_steps)
+        self.batch_size = batch_size
+        self.summary_path = summary_path
+        self.eval_backend = eval_backend
+        self.log_images = log_images
+        self.summary: dict[str, Any] = {"diverged": False, "reason": None, "steps": 0, "train_seconds": 0.0,
+                                        "num_gt": 0, "gt_no_anchor": 0, "anchors_per_image": None,
+                                        "last_eval_step": None, "val": None, "epochs": 0}
+        self._val_dets: dict[int, list[dict]] = {}
+        self._val_images: list = []
+        self._t_train = None
+        self._gt_counts: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------- train
+    def forward(self, images):
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        outputs = self.model(images)
+        anchors = self.model.anchors(images)
+        losses = self.model.compute_loss(outputs, anchors, targets)
+        loss = losses["loss"]
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:  # stop here; a zero loss with a graph keeps DDP's gradient all-reduce in step on every rank
+            self.summary.update(diverged=True, reason=f"non-finite loss ({loss.item()}) at step {self.global_step}")
+            self.trainer.should_stop = True
+            return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+        if self.summary["anchors_per_image"] is None:
+            self.summary["anchors_per_image"] = int(anchors.shape[0])
+        counts = torch.stack([losses["num_gt"], losses["gt_no_anchor"]]).detach()
+        self._gt_counts = counts if self._gt_counts is None else self._gt_counts + counts  # no per-step sync
+        bs = images.shape[0]
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=bs)
+        self.log_dict({"train/loss_cls": losses["loss_cls"].detach(), "train/loss_box": losses["loss_box"].detach(),
+                       "train/num_fg": losses["num_fg"].float()}, batch_size=bs)
+        return loss
+
+    def on_train_start(self):
+        self._t_train = time.perf_counter()
+
+    def on_train_end(self):
+        self._add_train_time()
+        if self._gt_counts is not None:
+            self.summary["num_gt"], self.summary["gt_no_anchor"] = (int(v) for v in self._gt_counts.tolist())
+        self.summary["steps"] = int(self.global_step)
+        per_epoch = self.trainer.num_training_batches
+        self.summary["epochs"] = round(self.global_step / per_epoch, 3) if per_epoch and per_epoch != float("inf") \
+            else int(self.current_epoch)
+        if not self.summary["diverged"] and not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            self.summary.update(diverged=True, reason=f"non-finite weights after step {self.global_step}")
+        self._write_summary()
+
+    def _add_train_time(self):
+        if self._t_train is not None:
+            self.summary["train_seconds"] += time.perf_counter() - self._t_train
+            self._t_train = None
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if o["name"] == "sgd":
+            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.9),
+                                  weight_decay=o.get("weight_decay", 1e-4))
+        else:
+            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o.get("weight_decay", 1e-4),
+                                    betas=tuple(o.get("betas", (0.9, 0.999))))
+        kw = dict(max_steps=self.max_steps, warmup_iters=int(o.get("warmup_iters", 0)),
+                  warmup_factor=float(o.get("warmup_factor", 1.0 / 3)), schedule=o.get("schedule", "cosine"),
+                  steps=tuple(int(s) for s in o.get("steps") or ()), gamma=float(o.get("gamma", 0.1)),
+                  min_factor=float(o.get("min_factor", 0.0)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **kw))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -------------------------------------------------------------------------------------------- validation
+    def on_validation_start(self):
+        self._add_train_time()  # evaluation time is not training time
+        self._val_dets = {}
+        self._val_images = []
+
+    def on_validation_end(self):
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._t_train = time.perf_counter()
+
+    def validation_step(self, batch, batch_idx):
+        images, targets = batch
+        outputs = self.model(images)
+        anchors = self.model.anchors(images)
+        sizes = torch.stack([_input_size(t, images) for t in targets])
+        preds = self.model.postprocess(outputs, anchors, sizes)
+        l2c = self.trainer.datamodule.label_to_cat_id
+        for p, t in zip(preds, targets):
+            self._val_dets[int(t["image_id"])] = to_coco_detections(p, t, l2c)
+        if self.log_images and batch_idx == 0 and self.global_rank == 0:
+            self._val_images = [(images[i].detach().cpu(), {k: v.detach().cpu() for k, v in preds[i].items()},
+                                 {k: targets[i][k].detach().cpu() for k in ("boxes", "labels")})
+                                for i in range(min(self.log_images, len(targets)))]
+
+    def on_validation_epoch_end(self):
+        dets = self._val_dets
+        if self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            dist.all_gather_object(gathered, dets)
+            dets = {}
+            for d in gathered:  # padded duplicates carry the same image id and the same detections
+                dets.update(d)
+        stats = None
+        if self.trainer.is_global_zero:
+            dm = self.trainer.datamodule
+            flat = [d for per_image in dets.values() for d in per_image]
+            stats = evaluate_detections(dm.val_coco, flat, backend=self.eval_backend)
+            stats["num_images"] = len(dets)
+        stats = self.trainer.strategy.broadcast(stats, src=0)
+        if self.trainer.sanity_checking:
+            return
+        # identical on every rank (broadcast above); sync_dist only silences Lightning's DDP warning
+        self.log_dict({f"val/{k}": float(stats[k]) for k in STAT_NAMES}, sync_dist=True)
+        self.summary["val"] = stats
+        self.summary["last_eval_step"] = int(self.global_step)
+        self._log_val_images()
+        self._write_summary()
+
+    def _log_val_images(self):
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not self._val_images or not self.trainer.is_global_zero:
+            return
+        from focalbench.tracking import wandb_detection_images
+
+        names = getattr(self.trainer.datamodule, "class_names", None)
+        loggers[0].experiment.log({"val/predictions": wandb_detection_images(self._val_images, names),
+                                   "trainer/global_step": self.global_step})
+
+    def _write_summary(self):
+        self.summary.update(peak_memory_mb=max(self.summary.get("peak_memory_mb", 0.0), peak_memory_mb(self.device)),
+                            world_size=self.trainer.world_size, batch_size=self.batch_size)
+        if self.summary_path and self.trainer.is_global_zero:
+            atomic_write_json(Path(self.summary_path), self.summary)
+
+
+def _input_size(target: Mapping[str, Any], images: torch.Tensor) -> torch.Tensor:
+    """(height, width) of the image inside the padded batch, in input pixels (for clipping boxes)."""
+    h, w = images.shape[-2:]
+    if "size" in target:  # before padding
+        h, w = (int(v) for v in target["size"])
+    return torch.tensor([h, w], dtype=torch.float32, device=images.device)

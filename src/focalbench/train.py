@@ -1,0 +1,270 @@
+"""One RetinaNet training run: ``python -m focalbench.train [hydra overrides]`` (conf/train.yaml).
+
+In-process drivers use ``compose(overrides)`` and ``run(cfg, output_dir)``; the CLI is a thin Hydra wrapper
+around the same ``run``. Every run writes ``metrics.json`` (atomically, rank zero only) into its output
+directory, also when it diverges (status "diverged", AP 0, exit code 0), is pruned or fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from focalbench.evaluation import STAT_NAMES
+from focalbench.runstore import atomic_write_json, config_hash
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(os.environ.get("FOCALBENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
+# Keys that say where and how a run is recorded, not what it computes: left out of the config hash.
+NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights")
+NON_HASHED_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_checkpointing", "num_threads")
+SUMMARY_FILE = "train_summary.json"
+
+
+# ------------------------------------------------------------------------------------------------- config
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The run config for ``overrides`` via Hydra's compose API (no output dir, no chdir).
+
+    The result keeps a ``hydra`` node (``hydra.overrides.task`` is what ``run`` records); nothing in the run
+    config interpolates ``${hydra:...}``, so it resolves outside a Hydra app.
+    """
+    overrides = list(overrides)
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or an initialize() block
+        return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def run_config_for_hash(cfg: DictConfig) -> dict:
+    """The resolved config minus output/logging/optuna keys: what decides a run's result."""
+    c = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NON_HASHED]), resolve=True)
+    for k in NON_HASHED_TRAINER:
+        c.get("trainer", {}).pop(k, None)
+    return c
+
+
+def _overrides(cfg: DictConfig) -> list[str]:
+    if "hydra" in cfg and OmegaConf.select(cfg, "hydra.overrides.task") is not None:
+        return list(cfg.hydra.overrides.task)
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def _git_sha() -> str | None:
+    repo = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None
+
+
+def _num_devices(devices: Any) -> int:
+    if isinstance(devices, int):
+        return devices if devices > 0 else max(1, torch.cuda.device_count())
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices)
+    return max(1, torch.cuda.device_count()) if devices in ("auto", "-1") else 1
+
+
+def derive_schedule(cfg: DictConfig) -> dict:
+    """lr / iterations / lr steps / warm-up for the actual total batch (linear scaling rule, Goyal et al.)."""
+    total = int(cfg.data.batch_size) * _num_devices(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
+    o = cfg.optim
+    k = total / float(o.base_batch) if o.get("scale_with_batch", False) else 1.0
+    if k <= 0:
+        raise ValueError(f"optim.base_batch must be positive, got {o.base_batch!r}")
+    return {"effective_batch": total, "lr": float(o.lr) * k,
+            "max_steps": max(1, round(int(cfg.trainer.max_steps) / k)),
+            "steps": [max(1, round(int(s) / k)) for s in (o.get("steps") or [])],
+            "warmup_iters": round(int(o.get("warmup_iters", 0)) / k)}
+
+
+# -------------------------------------------------------------------------------------------------- build
+def build_datamodule(cfg: DictConfig):
+    from focalbench.data import CocoDataModule
+
+    d = OmegaConf.to_container(cfg.data, resolve=True)
+    return CocoDataModule(**d, seed=int(cfg.seed))
+
+
+def build_module(cfg: DictConfig, num_classes: int, schedule: dict, summary_path: str | None):
+    from focalbench.losses import build_classification_loss
+    from focalbench.model import build_retinanet
+    from focalbench.model.lit import RetinaNetModule
+
+    criterion = build_classification_loss(**OmegaConf.to_container(cfg.loss, resolve=True))
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    model = build_retinanet(num_classes, criterion, anchors=OmegaConf.to_container(cfg.anchors, resolve=True), **m)
+    optim = dict(OmegaConf.to_container(cfg.optim, resolve=True), lr=schedule["lr"], steps=schedule["steps"],
+                 warmup_iters=schedule["warmup_iters"])
+    log_images = int(cfg.logger.get("log_images", 0)) if cfg.logger.name == "wandb" else 0
+    return RetinaNetModule(model, optim, schedule["max_steps"], batch_size=int(cfg.data.batch_size),
+                           summary_path=summary_path, eval_backend=cfg.get("eval_backend", "faster"),
+                           log_images=log_images)
+
+
+def build_trainer(cfg: DictConfig, out: Path, max_steps: int, loggers: list, callbacks: list):
+    import lightning as L
+
+    t = cfg.trainer
+    accelerator = t.accelerator
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    every = int(t.val_every_n_epochs or 0)
+    if every < 0:
+        raise ValueError(f"trainer.val_every_n_epochs must be >= 0 (0: final evaluation only), got {every}")
+    strategy = t.strategy
+    if on_cpu and strategy in ("ddp", "ddp_spawn"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(start_method="spawn" if strategy == "ddp_spawn" else "popen",
+                               process_group_backend="gloo")
+    return L.Trainer(
+        accelerator=accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes,
+        precision=t.precision, max_steps=max_steps, max_epochs=-1,
+        # every == 0: one validation exactly at the last step, inside fit (no second spawn under ddp_spawn)
+        check_val_every_n_epoch=every if every > 0 else None, val_check_interval=None if every > 0 else max_steps,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic, benchmark=t.benchmark, sync_batchnorm=bool(t.sync_batchnorm) and not on_cpu,
+        enable_progress_bar=t.enable_progress_bar, enable_checkpointing=t.enable_checkpointing,
+        enable_model_summary=False, logger=loggers, callbacks=callbacks, default_root_dir=str(out))
+
+
+def _pruning_callbacks(cfg: DictConfig) -> list:
+    # Pruning needs intermediate evaluations; with val_every_n_epochs=0 the only one is the final one.
+    if cfg.optuna.get("trial_number") is None or not int(cfg.trainer.val_every_n_epochs or 0):
+        return []
+    try:
+        from focalbench.sweeps.pruning import OptunaPruningCallback
+    except ImportError:
+        return []
+    return [OptunaPruningCallback(cfg.optuna, monitor="val/AP")]
+
+
+# ---------------------------------------------------------------------------------------------------- run
+def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
+    """Train and evaluate one config; write and return its metrics (see DESIGN.md for the keys)."""
+    import lightning as L
+
+    from focalbench.tracking import finish_wandb, make_loggers, read_json
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = _overrides(cfg)
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    metrics: dict[str, Any] = {"status": "failed", **{k: 0.0 for k in STAT_NAMES}, "seed": int(cfg.seed),
+                               "config_hash": config_hash(run_config_for_hash(cfg)), "git_sha": _git_sha(),
+                               "overrides": overrides, "epochs": 0, "steps": 0, "train_seconds": 0.0,
+                               "images_per_second": 0.0, "peak_memory_mb": 0.0, "anchors_per_image": None}
+    metrics_path = out / "metrics.json"
+    summary_path = out / SUMMARY_FILE
+    t_start = time.perf_counter()
+    loggers: list = []
+    is_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    try:
+        if cfg.trainer.num_threads:
+            torch.set_num_threads(int(cfg.trainer.num_threads))
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        schedule = derive_schedule(cfg)
+        metrics.update(effective_batch=schedule["effective_batch"], lr=schedule["lr"],
+                       max_steps=schedule["max_steps"])
+        dm = build_datamodule(cfg)
+        dm.prepare_data()
+        dm.setup("fit")
+        module = build_module(cfg, int(dm.num_classes), schedule, str(summary_path))
+        loggers = make_loggers(cfg.logger, out, resolved, cfg.tags, run_name=out.name)
+        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers, _pruning_callbacks(cfg))
+        is_zero = trainer.is_global_zero
+        try:
+            trainer.fit(module, datamodule=dm)
+        finally:
+            # spawn launchers train in children: this process then only sees what rank zero wrote
+            trained_here = trainer.global_step > 0
+            summary = module.summary if trained_here else (read_json(summary_path) or module.summary)
+            module.summary = dict(summary)
+            metrics.update(_train_metrics(summary))
+        for cb in trainer.callbacks:  # a trial pruned on rank zero under DDP raises here, on every rank
+            getattr(cb, "check_pruned", lambda: None)()
+        if not summary["diverged"] and summary.get("last_eval_step") != summary["steps"]:
+            trainer.validate(module, datamodule=dm, verbose=False)  # the final evaluation always runs
+            summary = module.summary if trained_here else (read_json(summary_path) or summary)
+        metrics.update(_train_metrics(summary))
+        if summary["diverged"]:
+            metrics.update(status="diverged", reason=summary["reason"], **{k: 0.0 for k in STAT_NAMES})
+        else:
+            metrics.update(status="ok", **{k: float(summary["val"][k]) for k in STAT_NAMES})
+    except BaseException as e:
+        if _is_pruned(e):
+            metrics.update(status="pruned", reason=str(e) or "pruned by the Optuna pruner")
+            val = (read_json(summary_path) or {}).get("val") or {}
+            metrics.update({k: float(val.get(k, 0.0)) for k in STAT_NAMES})
+        else:
+            metrics.update(status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+        metrics["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+        if is_zero:
+            atomic_write_json(metrics_path, metrics)
+            finish_wandb(loggers, metrics, metrics_path)
+        raise
+    metrics["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+    if is_zero:
+        if cfg.get("save_weights", False) and trained_here and metrics["status"] == "ok":
+            # the trained weights (a few MB on the cpu profile): the paper's Figure 4 is computed from them
+            torch.save(module.model.state_dict(), out / "model.pt")
+        atomic_write_json(metrics_path, metrics)
+        finish_wandb(loggers, metrics, metrics_path)
+    log.info("%s AP %.2f AP50 %.2f (%s steps, %.1f s training) -> %s", metrics["status"], metrics["AP"],
+             metrics["AP50"], metrics["steps"], metrics["train_seconds"], metrics_path)
+    return metrics
+
+
+def _train_metrics(s: dict) -> dict:
+    secs = float(s.get("train_seconds") or 0.0)
+    images = int(s.get("steps") or 0) * int(s.get("batch_size") or 0) * int(s.get("world_size") or 1)
+    m = {"epochs": s.get("epochs") or 0, "steps": int(s.get("steps") or 0), "train_seconds": round(secs, 3),
+         "images_per_second": round(images / secs, 2) if secs > 0 else 0.0,
+         "peak_memory_mb": round(float(s.get("peak_memory_mb") or 0.0), 1),
+         "anchors_per_image": s.get("anchors_per_image"), "gt_boxes": int(s.get("num_gt") or 0),
+         "gt_boxes_without_anchor": int(s.get("gt_no_anchor") or 0), "world_size": int(s.get("world_size") or 1)}
+    # GT boxes (counted once per training batch they appear in) that no anchor overlaps at IoU >= fg_iou
+    m["gt_without_anchor_fraction"] = round(m["gt_boxes_without_anchor"] / m["gt_boxes"], 4) if m["gt_boxes"] else 0.0
+    if s.get("val"):
+        m["val_images"] = s["val"].get("num_images")
+    return m
+
+
+def _is_pruned(e: BaseException) -> bool:
+    try:
+        import optuna
+    except ImportError:
+        return False
+    return isinstance(e, optuna.TrialPruned)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Hydra task: returns val AP (the value sweepers optimise)."""
+    metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    return float(metrics["AP"])
+
+
+if __name__ == "__main__":
+    main()
