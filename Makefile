@@ -9,7 +9,7 @@ TABLES ?= 1a 1b 1c 1d
 SEEDS ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install test test-all reproduce-ablations reproduce-imbalance search dashboard
+.PHONY: install test test-all reproduce-ablations reproduce-imbalance search dashboard bench
 
 install: $(STAMP)
 
@@ -51,3 +51,7 @@ dashboard: install
 # Focal loss beyond detection: CE / alpha-CE / FL / tuned FL at imbalance 1:1..1:10,000 (sweeps/imbalance.yaml).
 reproduce-imbalance: install
 	$(PY) -m focalbench.classify.study --profile $(PROFILE) --seeds $(if $(filter command line,$(origin SEEDS)),$(SEEDS),3)
+
+# Speed and memory vs torchvision / pycocotools / whole-set NMS, paired medians -> results/bench/README.md
+bench: install
+	$(PY) benchmarks/run.py

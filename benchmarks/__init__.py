@@ -1,0 +1,1 @@
+"""focalbench performance benchmarks (``make bench``): ``python benchmarks/run.py`` writes ``results/bench/``."""
