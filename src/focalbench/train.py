@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,8 +20,11 @@ import hydra
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from focalbench.config_schema import ConfigError, check_group_choices, group_options, validate_config
 from focalbench.evaluation import STAT_NAMES
 from focalbench.runstore import atomic_write_json, config_hash
 
@@ -33,17 +38,53 @@ SUMMARY_FILE = "train_summary.json"
 
 
 # ------------------------------------------------------------------------------------------------- config
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
+def compose(overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:
     """The run config for ``overrides`` via Hydra's compose API (no output dir, no chdir).
 
     The result keeps a ``hydra`` node (``hydra.overrides.task`` is what ``run`` records); nothing in the run
-    config interpolates ``${hydra:...}``, so it resolves outside a Hydra app.
+    config interpolates ``${hydra:...}``, so it resolves outside a Hydra app. ``validate``: unknown group
+    options and values no run accepts raise ``ConfigError`` (one line, see focalbench.config_schema).
     """
     overrides = list(overrides)
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app or an initialize() block
-        return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        return _compose(overrides, validate)
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
+        return _compose(overrides, validate)
+
+
+def _compose(overrides: list[str], validate: bool) -> DictConfig:
+    if not validate:
         return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    loader = GlobalHydra.instance().config_loader()
+    check_group_choices(overrides, {g: loader.get_group_options(g) for g in loader.list_groups("")})
+    try:
+        cfg = hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    except ConfigCompositionException as e:
+        one_line = _unknown_key(overrides, e)
+        if one_line is None:
+            raise
+        raise one_line from None
+    return validate_config(cfg)
+
+
+def _unknown_key(overrides: list[str], e: Exception) -> ConfigError | None:
+    """Hydra's "Could not override 'loss.gama' ... not in struct" (six lines) as one line listing the keys
+    that are there; None for any other composition error."""
+    m = re.search(r"Could not override '([^']+)'", str(e))
+    if not m or "not in struct" not in f"{e} {e.__cause__}":
+        return None
+    key = m.group(1)
+    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("~") == key]
+    value = mine[0].split("=", 1)[1] if mine and "=" in mine[0] else "..."
+    try:
+        base = hydra.compose(config_name="train", overrides=[o for o in overrides if o not in mine])
+    except Exception:  # noqa: BLE001 - another error too: Hydra's own message then
+        return None
+    parent = key.rpartition(".")[0]
+    while parent and not isinstance(OmegaConf.select(base, parent), DictConfig):
+        parent = parent.rpartition(".")[0]
+    keys = ", ".join(map(str, (OmegaConf.select(base, parent) if parent else base).keys()))
+    return ConfigError(f"{key}={value}: unknown key; {parent or 'the config'} has: {keys}")
 
 
 def run_config_for_hash(cfg: DictConfig) -> dict:
@@ -166,6 +207,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
 
     from focalbench.tracking import finish_wandb, make_loggers, read_json
 
+    validate_config(cfg, complete=True)  # before any directory, data or model is made
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides = _overrides(cfg)
@@ -262,9 +304,44 @@ def _is_pruned(e: BaseException) -> bool:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra task: returns val AP (the value sweepers optimise)."""
+    try:
+        validate_config(cfg, complete=True)
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # one failed job: the sweeper records it and decides
+        _exit_config_error(e)
     metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     return float(metrics["AP"])
 
 
-if __name__ == "__main__":
+def _exit_config_error(e: ConfigError) -> None:
+    # Hydra would print a trimmed traceback; a bad value needs only its one line (exit code 2, as argparse).
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cli() -> None:
+    """``python -m focalbench.train``: config errors as one line on stderr (exit code 2), before Hydra makes a
+    run directory. Unknown group options (``profile=laptop``, also inside ``-m`` sweeps) are checked first; a
+    single run of conf/train.yaml is then composed and validated whole (keys and values); everything else
+    (``-m`` jobs, ``--config-dir``/``--config-name``) is validated by ``main``, per job."""
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags parse as in main
+
+    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
+    dirs = [CONF_DIR, *([args.config_dir] if args.config_dir else [])]
+    plain_run = not (args.multirun or args.cfg or args.info or args.help or args.hydra_help
+                     or args.shell_completion or args.config_dir or args.config_name or args.config_path
+                     or args.experimental_rerun)
+    try:
+        check_group_choices(args.overrides, group_options(dirs))
+        if plain_run:  # one run of conf/train.yaml: keys and values too, before Hydra makes the run directory
+            validate_config(compose(args.overrides), complete=True)
+    except ConfigError as e:
+        _exit_config_error(e)
+    except Exception:  # noqa: BLE001 - any other composition error: main() reports it as Hydra does
+        pass
     main()
+
+
+if __name__ == "__main__":
+    cli()

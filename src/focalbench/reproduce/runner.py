@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from focalbench.config_schema import ConfigError
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import RunStore, atomic_write_json, config_hash
 from focalbench.sweeps.storage import make_storage, storage_lock
@@ -62,7 +63,11 @@ def plan_runs(tables: list[Table], profile: str, seeds: list[int], extra_overrid
         for row in table.rows:
             for seed in seeds:
                 ov = [*base, *(deep if table.deep else []), *row.overrides, f"seed={seed}"]
-                specs.append(RunSpec(table.id, row.name, seed, ov, config_hash(run_config_for_hash(compose(ov)))))
+                try:  # every planned config is validated (in compose) before anything runs
+                    cfg = compose(ov)
+                except ConfigError as e:
+                    raise ConfigError(f"table {table.id}, row {row.name!r}: {e}") from None
+                specs.append(RunSpec(table.id, row.name, seed, ov, config_hash(run_config_for_hash(cfg))))
     return specs
 
 

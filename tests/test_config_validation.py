@@ -1,0 +1,192 @@
+"""Config validation before any work (focalbench.config_schema): every rule case by case, in process
+(compose + validator, ~50 ms each), and the command line's one-line error via subprocess (2 cases)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import focalbench
+from focalbench.config_schema import (ANCHOR_RATIOS, BACKBONES, EVAL_BACKENDS, LOGGERS, LOSS_PARAMS, NORMS,
+                                      OPTIMIZERS, SCHEDULES, ConfigError, check_group_choices, group_options,
+                                      validate_config)
+from focalbench.train import CONF_DIR, compose, run
+
+PROFILES = ("smoke", "cpu", "gpu", "paper")
+
+
+def error_of(overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        compose(overrides)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------------------------------ valid configs
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_validates(profile):
+    cfg = compose([f"profile={profile}"])
+    assert validate_config(cfg) is cfg
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss=focal", "loss.gamma=2", "loss.alpha=0.25"], ["loss=ce"], ["loss=alpha_ce", "loss.alpha=0.75"],
+    ["loss=ohem", "loss.batch_size=128", "loss.nms_iou=0.5"], ["loss=ohem_1to3"], ["loss=focal_star"],
+    ["loss=softmax_focal"], ["anchors.scales=2", "anchors.ratios=3"], ["anchors.ratios=5", "anchors.scales=4"],
+    ["trainer.devices=2", "trainer.strategy=ddp"], ["logger=wandb"], ["data=digits"], ["optim=sgd"],
+    # boundaries that are allowed
+    ["loss.gamma=0"], ["loss.alpha=0"], ["loss.alpha=1"], ["loss.alpha=-1"], ["loss.alpha=-1.0"],
+    ["model.prior_prob=null"], ["model.fg_iou=0.4", "model.bg_iou=0.4"], ["data.size_divisible=256"],
+    ["profile=smoke"],  # size_divisible 64 = max_size 64: one padded 64 px square (power of two)
+])
+def test_documented_examples_validate(overrides):
+    compose(overrides)
+
+
+def test_every_loss_file_is_in_the_schema_and_validates():
+    names = sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml"))
+    assert names == sorted(LOSS_PARAMS)
+    for name in names:
+        assert compose([f"loss={name}"]).loss.name == name
+
+
+def test_schema_sets_match_the_code():
+    """The schema repeats the code's constants (no torchvision/Lightning import to check a config)."""
+    from focalbench.evaluation.coco import BACKENDS
+    from focalbench.losses.criteria import _LOSSES
+    from focalbench.model.anchors import ASPECT_RATIOS
+    from focalbench.model.backbone import BODIES
+    from focalbench.model.backbone import NORMS as CODE_NORMS
+    from focalbench.model.lit import OPTIMIZERS as CODE_OPTIMIZERS
+    from focalbench.model.lit import SCHEDULES as CODE_SCHEDULES
+    from focalbench.tracking import LOGGERS as CODE_LOGGERS
+
+    assert {n: tuple(sorted(a)) for n, (_, _, a) in _LOSSES.items()} == {n: tuple(sorted(a)) for n, a in
+                                                                         LOSS_PARAMS.items()}
+    assert set(ANCHOR_RATIOS) == set(ASPECT_RATIOS)
+    assert (set(BACKBONES), set(NORMS)) == (set(BODIES), set(CODE_NORMS))
+    assert (set(OPTIMIZERS), set(SCHEDULES)) == (set(CODE_OPTIMIZERS), set(CODE_SCHEDULES))
+    assert (set(LOGGERS), set(EVAL_BACKENDS)) == (set(CODE_LOGGERS), set(BACKENDS))
+
+
+# ------------------------------------------------------------------------- the issue's list, case by case
+ALL_LOSSES = "ce, alpha_ce, focal, focal_star, softmax_focal, ohem, ohem_1to3"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # unknown loss names: as a value and as a config group option
+    (["loss.name=focl"], f"loss.name=focl: unknown loss; allowed: {ALL_LOSSES}"),
+    (["loss=focl"], "loss=focl: unknown loss; allowed: alpha_ce, ce, focal, focal_star, ohem, ohem_1to3, "
+                    "softmax_focal"),
+    # gamma < 0 (and not a number)
+    (["loss.gamma=-1"], "loss.gamma=-1: must be a number >= 0"),
+    (["loss.gamma=-0.5"], "loss.gamma=-0.5: must be a number >= 0"),
+    (["loss.gamma=abc"], "loss.gamma=abc: must be a number >= 0"),
+    (["loss.gamma=inf"], "loss.gamma=inf: must be a number >= 0"),
+    (["loss=focal_star", "loss.gamma=0"], "loss.gamma=0: must be > 0 for focal_star (FL* divides by gamma)"),
+    # alpha outside [0, 1]; only -1 disables the weighting (a -0.25 is a typo, and one sentinel = one hash)
+    (["loss.alpha=1.5"], "loss.alpha=1.5: must be in [0, 1], or -1 to disable the alpha weighting"),
+    (["loss.alpha=-0.5"], "loss.alpha=-0.5: must be in [0, 1], or -1 to disable the alpha weighting"),
+    (["loss.alpha=-2"], "loss.alpha=-2: must be in [0, 1], or -1 to disable the alpha weighting"),
+    (["loss.alpha=nan"], "loss.alpha=nan: must be in [0, 1], or -1 to disable the alpha weighting"),
+    (["loss=ohem", "loss.alpha=-0.25"], "loss.alpha=-0.25: must be in [0, 1], or -1 to disable the alpha weighting"),
+    # zero scales / ratios
+    (["anchors.scales=0"], "anchors.scales=0: must be an integer >= 1"),
+    (["anchors.scales=2.5"], "anchors.scales=2.5: must be an integer >= 1"),
+    (["anchors.ratios=0"], "anchors.ratios=0: must be one of 1, 3, 5"),
+    (["anchors.ratios=2"], "anchors.ratios=2: must be one of 1, 3, 5"),
+    (["anchors.size_multiplier=0"], "anchors.size_multiplier=0: must be a number > 0"),
+    # image sizes vs the largest stride (P7 = 128)
+    (["data.size_divisible=100"], "data.size_divisible=100: must be a multiple of 128 (the P7 stride), or a "
+                                  "power of two >= data.max_size (128)"),
+    (["data.size_divisible=64"], "data.size_divisible=64: must be a multiple of 128 (the P7 stride), or a "
+                                 "power of two >= data.max_size (128)"),
+    (["profile=smoke", "data.size_divisible=32"], "data.size_divisible=32: must be a multiple of 128 (the P7 "
+                                                  "stride), or a power of two >= data.max_size (64)"),
+    (["profile=smoke", "data.size_divisible=96"], "data.size_divisible=96: must be a multiple of 128 (the P7 "
+                                                  "stride), or a power of two >= data.max_size (64)"),
+    (["data.size_divisible=0"], "data.size_divisible=0: must be a multiple of 128 (the P7 stride), or a power "
+                                "of two >= data.max_size (128)"),
+    (["data.image_size=200"], "data.max_size=128: must be an integer >= data.image_size (200)"),
+    # unknown profiles
+    (["profile=laptop"], "profile=laptop: unknown profile; allowed: cpu, gpu, paper, smoke"),
+    (["data=cocoo"], "data=cocoo: unknown data; allowed: coco, digits, shapes"),
+    # the rest of the issue's list
+    (["optim.lr=0"], "optim.lr=0: must be a number > 0"),
+    (["optim.lr=-0.01"], "optim.lr=-0.01: must be a number > 0"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1"),
+    (["data.batch_size=0"], "data.batch_size=0: must be an integer >= 1"),
+    (["model.prior_prob=0"], "model.prior_prob=0: must be in (0, 1), or null"),
+    (["model.prior_prob=1"], "model.prior_prob=1: must be in (0, 1), or null"),
+    (["model.backbone.name=resnet152"], "model.backbone.name=resnet152: unknown backbone; allowed: small, "
+                                        "resnet18, resnet34, resnet50, resnet101"),
+    (["model.fg_iou=0.3"], "model.fg_iou=0.3: must be in (0, 1] and >= model.bg_iou (0.4)"),
+    # beyond the list: parameters and keys that do not exist
+    (["loss=ce", "+loss.gamma=2"], "loss.gamma=2: not a parameter of loss ce; its parameters: none"),
+    (["loss=alpha_ce", "+loss.gamma=1"], "loss.gamma=1: not a parameter of loss alpha_ce; its parameters: alpha"),
+    (["loss.gama=2"], "loss.gama=2: unknown key; loss has: name, gamma, alpha"),
+    (["optim.name=adam"], "optim.name=adam: unknown optimizer; allowed: sgd, adamw"),
+    (["optim.steps=[800,600]"], "optim.steps=[800,600]: must be an ascending list of integers >= 1"),
+    (["trainer.devices=0"], "trainer.devices=0: must be auto, -1, an integer >= 1 or a list of device indices"),
+    (["logger.name=tensorboard"], "logger.name=tensorboard: unknown logger; allowed: csv, wandb"),
+])
+def test_bad_value_is_one_line_naming_key_value_allowed(overrides, message):
+    assert error_of(overrides) == message
+
+
+def test_sweep_choices_of_a_group_are_checked():
+    groups = group_options([CONF_DIR])
+    check_group_choices(["loss=focal,ce", "profile=choice(smoke,cpu)", "hydra/sweeper=optuna", "~logger"], groups)
+    with pytest.raises(ConfigError, match=r"^loss=focl: unknown loss; allowed: alpha_ce, ce, "):
+        check_group_choices(["loss=focal,focl"], groups)
+    with pytest.raises(ConfigError, match=r"^profile=laptop: unknown profile"):
+        check_group_choices(["profile=choice(smoke,laptop)"], groups)
+
+
+def test_missing_mandatory_value_is_rejected_only_for_a_run():
+    cfg = compose(["profile=paper"])  # data=coco: data.root=??? until the user gives it
+    with pytest.raises(ConfigError, match=r"^data\.root=\?\?\?: a value is required"):
+        validate_config(cfg, complete=True)
+    validate_config(compose(["profile=paper", "data.root=/data/coco"]), complete=True)
+
+
+def test_run_validates_before_making_anything(tmp_path):
+    cfg = compose(["profile=smoke", "loss.gamma=-1"], validate=False)
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"^loss\.gamma=-1: "):
+        run(cfg, out)
+    assert not out.exists()
+
+
+def test_plan_runs_validates_every_planned_config():
+    from focalbench.reproduce.runner import plan_runs
+    from focalbench.reproduce.sweeps import Row, Table, load_tables
+
+    tables = load_tables(["1a", "1b", "1c", "1d"])
+    specs = plan_runs(tables, "smoke", [0])
+    assert len(specs) == sum(len(t.rows) for t in tables)
+    bad = Table("1x", "t", "c", (Row("ok", ("loss=focal",), {}), Row("typo", ("loss=alpha_ce", "loss.alpha=7.5"), {})))
+    with pytest.raises(ConfigError, match=r"^table 1x, row 'typo': loss\.alpha=7\.5: must be in \[0, 1\]"):
+        plan_runs([bad], "smoke", [0])
+
+
+# ------------------------------------------------------------------------------ the command line (2 cases)
+@pytest.mark.parametrize("override, message", [
+    ("loss.gamma=-1", "error: loss.gamma=-1: must be a number >= 0"),
+    ("profile=laptop", "error: profile=laptop: unknown profile; allowed: cpu, gpu, paper, smoke"),
+])
+def test_cli_prints_one_line_and_exits_nonzero(tmp_path, override, message):
+    src = str(Path(focalbench.__file__).resolve().parents[1])  # this checkout's package, whatever is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+           "FOCALBENCH_CONF": str(CONF_DIR)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    p = subprocess.run([sys.executable, "-m", "focalbench.train", override], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.splitlines() == [message]
+    assert not (tmp_path / "outputs").exists()  # rejected before Hydra made a run directory
