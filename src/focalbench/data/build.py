@@ -203,11 +203,14 @@ def summary(stats: dict) -> list[str]:
 
     lines = [f"{stats['name']} (seed {stats['seed']}, {stats['size']} px): "
              f"{stats['train']} train / {stats['val']} val images"]
+    from focalbench.data.stats import CPU_ANCHORS as a
+
+    m = a["size_multiplier"]
     for split, s in stats["splits"].items():
         opi = s["objects_per_image"]
         lines.append(f"  {split}: {s['objects']} objects ({opi['min']}-{opi['max']} per image, mean "
                      f"{opi['mean']}), sqrt(area) {s['box_size_sqrt_area_min_median_max']} px, "
                      f"w/h {s['aspect_w_over_h_min_median_max']}, per class {s['objects_per_category']}")
-        lines.append("  " + split + " anchors (cpu profile: 3 scales x 3 ratios, 8-128 px base): "
-                     + describe(s["anchors_cpu_profile"]))
+        lines.append(f"  {split} anchors (cpu profile: {a['num_scales']} scales x {a['num_ratios']} ratios, "
+                     f"{8 * m:g}-{128 * m:g} px base): " + describe(s["anchors_cpu_profile"]))
     return lines

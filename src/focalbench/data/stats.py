@@ -17,8 +17,8 @@ from torchvision.ops import box_iou
 
 from focalbench.model.anchors import grid_anchors
 
-# The cpu profile's anchors: P3-P7, 3 scales x 3 ratios, base sizes 8..128 px (size_multiplier 1).
-CPU_ANCHORS = {"num_scales": 3, "num_ratios": 3, "size_multiplier": 1.0}
+# The cpu profile's anchors: P3-P7, 3 scales x 3 ratios, base sizes 16..256 px (size_multiplier 2, conf/profile/cpu.yaml).
+CPU_ANCHORS = {"num_scales": 3, "num_ratios": 3, "size_multiplier": 2.0}
 
 
 def anchor_stats(boxes_per_image: Iterable[np.ndarray], height: int, width: int, num_scales: int = 3,

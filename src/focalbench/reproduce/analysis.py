@@ -102,16 +102,20 @@ def verdict_1a(rows: dict[str, RowResult], floor: float = NOISE_FLOOR) -> Verdic
     return Verdict("inconclusive", detail)
 
 
+def _beats_best(winner: RowResult | None, others: list[RowResult], what: str, floor: float) -> Verdict:
+    """'``winner`` beats every row of ``others``': decided against the best of them, beyond the noise margin."""
+    others = [r for r in others if r.complete]
+    if winner is None or not winner.complete or not others:
+        return Verdict("not run", f"{what} have no finished run")
+    best = max(others, key=lambda r: r.mean())
+    c = compare(winner, best, floor)
+    detail = f"{_fmt(winner)} vs best {_fmt(best)} (margin {margin(winner, best, floor):.1f})"
+    return Verdict({1: "supported", 0: "inconclusive", -1: "contradicted"}[c], detail)
+
+
 def verdict_1b(rows: dict[str, RowResult], ce_rows: list[RowResult], floor: float = NOISE_FLOOR) -> Verdict:
     """'FL with gamma around 2 beats every alpha-CE' (alpha-CE rows: 1b's gamma=0 row plus 1a when run)."""
-    fl = rows.get("g=2 a=.25")
-    ces = [r for r in ce_rows if r.complete]
-    if fl is None or not fl.complete or not ces:
-        return Verdict("not run", "FL gamma=2 or the alpha-CE rows have no finished run")
-    best_ce = max(ces, key=lambda r: r.mean())
-    c = compare(fl, best_ce, floor)
-    detail = f"FL g=2: {_fmt(fl)} vs best alpha-CE {_fmt(best_ce)} (margin {margin(fl, best_ce, floor):.1f})"
-    return Verdict({1: "supported", 0: "inconclusive", -1: "contradicted"}[c], detail)
+    return _beats_best(rows.get("g=2 a=.25"), ce_rows, "FL gamma=2 or the alpha-CE rows", floor)
 
 
 def verdict_1c(rows: dict[str, RowResult], floor: float = NOISE_FLOOR) -> Verdict:
@@ -138,14 +142,8 @@ def verdict_1c(rows: dict[str, RowResult], floor: float = NOISE_FLOOR) -> Verdic
 
 def verdict_1d(rows: dict[str, RowResult], floor: float = NOISE_FLOOR) -> Verdict:
     """'FL beats every OHEM variant'."""
-    fl = rows.get("FL")
-    ohem = [r for n, r in rows.items() if n.startswith("OHEM") and r.complete]
-    if fl is None or not fl.complete or not ohem:
-        return Verdict("not run", "FL or the OHEM rows have no finished run")
-    best = max(ohem, key=lambda r: r.mean())
-    c = compare(fl, best, floor)
-    detail = f"FL {_fmt(fl)} vs best OHEM {_fmt(best)} (margin {margin(fl, best, floor):.1f})"
-    return Verdict({1: "supported", 0: "inconclusive", -1: "contradicted"}[c], detail)
+    ohem = [r for n, r in rows.items() if n.startswith("OHEM")]
+    return _beats_best(rows.get("FL"), ohem, "FL or the OHEM rows", floor)
 
 
 def verdict_3(rows: dict[str, RowResult], floor: float = NOISE_FLOOR) -> Verdict:

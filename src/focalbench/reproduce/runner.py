@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -85,6 +86,7 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["AP"])
         fail_stale_trials(study, storage, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, max_retry=None)
+        _fail_dead_local_workers(study, storage)
         # A point is live while some trial of it is waiting, running or complete; a point whose trials all
         # failed (a crashed run, or a point left over from another SEEDS/TABLES selection) is queued again.
         live = set()
@@ -108,6 +110,38 @@ def _run_lock(work_dir: Path, key: str):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _fail_dead_local_workers(study: optuna.Study, storage) -> None:
+    """A RUNNING trial whose worker ran on this machine and no longer exists (kill -9, OOM, reboot) is
+    failed at once, without waiting for its heartbeat to go stale (that wait is for other machines)."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker", "")
+        w_host, _, pid = worker.rpartition(":")
+        if w_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), t.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "reason", f"worker {worker} died")
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = False) -> dict:
@@ -161,6 +195,7 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
             trial.suggest_categorical("row", [r.name for r in table.rows])
             trial.suggest_int("seed", 0, max(999, spec.seed))
             trial.set_user_attr("config_hash", spec.config_hash)
+            trial.set_user_attr("worker", _worker_id())
             with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
                 # Under the lock: a run shared by two tables that another worker is training is waited for,
                 # then read from the store, never trained twice.
