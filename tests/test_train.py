@@ -118,10 +118,15 @@ def test_config_hash_ignores_logging_but_not_the_loss():
 
 
 def test_bad_value_fails_with_metrics(smoke_root, tmp_path):
-    with pytest.raises(ValueError, match="model.backbone.norm"):
-        smoke(smoke_root, tmp_path, "model.backbone.norm=batch")
+    from focalbench.config_schema import ConfigError
+
+    with pytest.raises(ConfigError, match="model.backbone.norm=batch"):  # the schema: before any work
+        compose(["profile=smoke", "model.backbone.norm=batch"])
+    assert not (tmp_path / "metrics.json").exists()
+    with pytest.raises(ValueError, match="model.backbone.widths"):  # only the model checks it: a failed run
+        smoke(smoke_root, tmp_path, "model.backbone.widths=[8,16]")
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["status"] == "failed" and "model.backbone.norm" in m["reason"]
+    assert m["status"] == "failed" and "model.backbone.widths" in m["reason"]
 
 
 def test_validation_each_epoch_and_final_evaluation(smoke_root, tmp_path):

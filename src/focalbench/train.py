@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from focalbench.config_schema import ConfigError, check_group_choices, group_options, validate_config
+from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
 from focalbench.runstore import atomic_write_json, config_hash
 
@@ -310,7 +311,13 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one failed job: the sweeper records it and decides
         _exit_config_error(e)
-    metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    except (DataError, OSError) as e:  # bad data, missing dataset, unwritable/full disk: metrics.json says so too
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, DataError) else 1)
     return float(metrics["AP"])
 
 

@@ -46,17 +46,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from focalbench.reproduce.report import write_results
+    from focalbench.runstore import RunStore
     from focalbench.reproduce.runner import plan_runs, run_tables, write_manifest
+
+    from focalbench.config_schema import ConfigError
 
     results_dir = Path(args.results) / args.profile
     seeds = list(range(args.seeds))
     start = time.time()
-    if args.report_only:
-        specs = plan_runs(tables, args.profile, seeds, args.overrides)
-    else:
-        specs = run_tables(tables, args.profile, seeds, results_dir, Path(args.work_dir) / args.profile,
-                           args.overrides, progress=not args.no_progress,
-                           in_process=args.in_process == "yes" or (args.in_process == "auto" and args.profile == "smoke"))
+    try:
+        _check_writable(results_dir)
+        if args.report_only:
+            specs = plan_runs(tables, args.profile, seeds, args.overrides)
+        else:
+            specs = run_tables(tables, args.profile, seeds, results_dir, Path(args.work_dir) / args.profile,
+                               args.overrides, progress=not args.no_progress,
+                               in_process=args.in_process == "yes" or (args.in_process == "auto" and args.profile == "smoke"))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable or full results disk: every run finished so far is already in runs/
+        print(f"error: {e.filename or results_dir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     write_manifest(results_dir, specs)
     command = " ".join(["python -m focalbench.reproduce", f"--profile {args.profile}",
                         f"--tables {' '.join(tables_arg)}", f"--seeds {args.seeds}",
@@ -67,7 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     for tid, (tau, v) in summary.items():
         print(f"table {tid}: tau={tau:.2f}  {v.verdict}: {v.detail}")
     print(f"wrote {results_dir}/report.md")
+    failed = [s for s in specs if RunStore(results_dir / "runs").get(s.config_hash) is None]
+    if failed:
+        print(f"error: {len(failed)} of {len(specs)} runs did not finish (failed or not run; see the tables' status "
+              f"column and {results_dir}/runs/failed/); re-run the same command to retry them", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_writable(results_dir: Path) -> None:
+    """Fail before any training when the results folder cannot be written (one line, non-zero exit)."""
+    from focalbench.runstore import atomic_write_text
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    probe = results_dir / ".write-test"
+    atomic_write_text(probe, "ok\n")
+    probe.unlink()
 
 
 def _profile_summary(profile: str) -> str:

@@ -27,6 +27,7 @@ class RowResult:
     paper: dict
     runs: list[dict]            # metrics.json of each seed that finished
     extra: dict = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)  # metrics.json of seeds whose last attempt failed
 
     def values(self, key: str = "AP") -> list[float]:
         return [float(r.get(key, 0.0)) for r in self.runs]

@@ -20,6 +20,7 @@ from focalbench.runstore import RunStore, atomic_write_text
 
 def collect(tables: list[Table], specs: list[RunSpec], store: RunStore) -> dict[str, dict[str, RowResult]]:
     out: dict[str, dict[str, RowResult]] = {}
+    failed = RunStore(store.root / "failed")
     for table in tables:
         rows = {}
         for row in table.rows:
@@ -29,7 +30,9 @@ def collect(tables: list[Table], specs: list[RunSpec], store: RunStore) -> dict[
                     m = store.get(s.config_hash)
                     if m is not None:
                         runs.append({**m, "config_hash": s.config_hash})
-            rows[row.name] = RowResult(row.name, row.paper, runs, row.extra)
+            r = rows[row.name] = RowResult(row.name, row.paper, runs, row.extra)
+            r.failures = [f for s in specs if s.table == table.id and s.row == row.name
+                          if store.get(s.config_hash) is None and (f := failed.get(s.config_hash)) is not None]
         out[table.id] = rows
     return out
 
@@ -59,7 +62,7 @@ def table_markdown(table: Table, rows: dict[str, RowResult], tau: float, verdict
     for row in table.rows:
         r = rows[row.name]
         ours = [f"{_num(r.mean(k))} ± {_num(r.std(k))}" if r.complete else "—" for k in ("AP", "AP50", "AP75")]
-        status = ", ".join(sorted(set(r.statuses))) or "not run"
+        status = ", ".join(sorted(set(r.statuses)) + [f"failed: {f.get('reason', '?')}" for f in r.failures]) or "not run"
         lines.append(f"| {row.name} | `{' '.join(row.overrides)}` | {row.paper['AP']} | {row.paper['AP50']} | "
                      f"{row.paper['AP75']} | {' | '.join(ours)} | {len(r.runs)} | {status} |")
     lines += ["", f"Kendall's tau (paper AP vs our mean AP, finished rows): **{_num(tau, 2) or 'n/a'}**", "",

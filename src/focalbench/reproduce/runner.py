@@ -206,6 +206,9 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
                     metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"), in_process)
                     if metrics.get("status") in CACHED_STATUSES:
                         store.put(spec.config_hash, metrics)
+                        RunStore(store.root / "failed").path(spec.config_hash).unlink(missing_ok=True)
+                    else:  # kept for the report (status and reason), never reused as a finished run
+                        RunStore(store.root / "failed").put(spec.config_hash, metrics)
             if metrics.get("status") in CACHED_STATUSES and spec.config_hash not in done:
                 done.add(spec.config_hash)
                 bar.update(1)
