@@ -14,7 +14,6 @@ import gc
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from focalbench.runstore import git_sha
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,17 +135,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_sha() -> str | None:
-    try:
-        sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (sha + ("-dirty" if dirty else "")) if sha else None
-
-
 def machine() -> dict[str, Any]:
     """CPU model, cores, torch threads, load, versions, GPU (if any), date and git commit."""
     cuda = torch.cuda.is_available()
@@ -162,7 +152,7 @@ def machine() -> dict[str, Any]:
                                               "faster-coco-eval", "focalbench")},
         "loadavg": loadavg(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "argv": [Path(sys.executable).name, *sys.argv],
     }
 

@@ -7,9 +7,11 @@ of ``<hash>.json`` files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -64,3 +66,17 @@ class RunStore:
 
     def keys(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.json"))
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str | None:
+    """The checkout's commit, with ``-dirty`` when tracked files differ from it: recorded beside every result."""
+    repo = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (sha + ("-dirty" if dirty else "")) if sha else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from focalbench.config_schema import ConfigError, check_group_choices, group_options, validate_config
 from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
-from focalbench.runstore import atomic_write_json, config_hash
+from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +101,6 @@ def _overrides(cfg: DictConfig) -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return []
-
-
-def _git_sha() -> str | None:
-    repo = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (sha + ("-dirty" if dirty else "")) if sha else None
 
 
 def _num_devices(devices: Any) -> int:
@@ -215,7 +202,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics: dict[str, Any] = {"status": "failed", **{k: 0.0 for k in STAT_NAMES}, "seed": int(cfg.seed),
-                               "config_hash": config_hash(run_config_for_hash(cfg)), "git_sha": _git_sha(),
+                               "config_hash": config_hash(run_config_for_hash(cfg)), "git_sha": git_sha(),
                                "overrides": overrides, "epochs": 0, "steps": 0, "train_seconds": 0.0,
                                "images_per_second": 0.0, "peak_memory_mb": 0.0, "anchors_per_image": None}
     metrics_path = out / "metrics.json"

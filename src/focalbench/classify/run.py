@@ -6,9 +6,7 @@ the imbalance study calls it in-process (no interpreter start-up per trial).
 
 from __future__ import annotations
 
-import functools
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.runstore import atomic_write_json, config_hash
+from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 from .criterion import build_criterion
 from .data import build_splits
@@ -56,15 +54,6 @@ def run_config_for_hash(cfg: DictConfig | dict) -> dict:
         c.pop(k, None)
     c["trainer"] = {k: v for k, v in c.get("trainer", {}).items() if k not in _NOT_HASHED_TRAINER}
     return c
-
-
-@functools.lru_cache(maxsize=1)
-def git_sha() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=CONF_ROOT.parent, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class _Batches(torch.utils.data.IterableDataset):
