@@ -165,13 +165,18 @@ class OursStepper:
         outputs = self.model(images)
         losses = self.model.compute_loss(outputs, self.model.anchors(images), targets)
         loss = losses["loss"]
-        if not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError("non-finite loss in the benchmark")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        return float(loss.detach())
+        return _step(self.opt, self.sched, loss)
+
+
+def _step(opt, sched, loss) -> float:
+    """Backward and optimizer/scheduler step, the same for both sides."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise FloatingPointError("non-finite loss in the benchmark")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
 
 
 class TorchvisionStepper:
@@ -185,13 +190,7 @@ class TorchvisionStepper:
         images, targets = batch
         losses = self.model(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
-        if not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError("non-finite loss in the benchmark")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        return float(loss.detach())
+        return _step(self.opt, self.sched, loss)
 
 
 def _paired_steps(ours, theirs, batches, reps: int, warmup: int) -> Timing:
