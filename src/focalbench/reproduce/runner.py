@@ -112,6 +112,12 @@ def _run_lock(work_dir: Path, key: str):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _claim(url: str, study: optuna.Study, storage):
+    """The next waiting trial, claimed under the storage's file lock (one claimer at a time)."""
+    with storage_lock(url):
+        return pop_waiting_trial(study, storage)
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -185,7 +191,7 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
                disable=not progress, dynamic_ncols=True)
     for table in tables:
         study = prepare_study(url, storage, profile, table, seeds)
-        while (trial := pop_waiting_trial(study, storage)) is not None:
+        while (trial := _claim(url, study, storage)) is not None:
             fixed = storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
             spec = by_key.get((table.id, fixed.get("row"), fixed.get("seed")))
             if spec is None:  # a point of a row or seed no longer in the sweep file / this invocation

@@ -197,7 +197,11 @@ class OptunaSweeperImpl(Sweeper):
                     time.sleep(poll)
                     continue
                 break
-            batch = self._claim(study, storage, grid, min(self.n_jobs, left), n_trials)
+            # Claims under the storage's lock: SQLite has no row locks (SELECT ... FOR UPDATE is a no-op
+            # there), so two workers could both move the same WAITING trial to RUNNING (seen: 7 jobs for a
+            # 6-point grid). The lock is a file lock (SQLite, journal) or pg_advisory_lock (PostgreSQL).
+            with storage_lock(url):
+                batch = self._claim(study, storage, grid, min(self.n_jobs, left), n_trials)
             if not batch:
                 continue
             # Heartbeats start before anything that can fail, so a crash here leaves a stale trial.
