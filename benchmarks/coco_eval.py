@@ -23,7 +23,6 @@ import copy
 import io
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np

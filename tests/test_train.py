@@ -1,7 +1,6 @@
 """The training app: smoke runs per loss family, divergence handling, config composition and hashing."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

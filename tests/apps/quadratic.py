@@ -12,7 +12,6 @@ import time
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
 ConfigStore.instance().store(
     name="quadratic",

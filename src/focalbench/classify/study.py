@@ -136,7 +136,6 @@ class Runner:
         return chosen
 
     def objective(self, trial: optuna.Trial) -> float:
-        s = self.sweep
         if "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
             # Another worker took the last enqueued trial: never sample a grid point of our own.
             trial.set_user_attr("note", "no enqueued trial left for this worker")
