@@ -74,6 +74,11 @@ def test_rerun_reuses_every_run(smoke_results):
     after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").glob("*.json")}
     assert after == before                      # nothing re-trained, nothing rewritten
     assert "Trainer.fit" not in proc.stderr + proc.stdout
+    # every invocation's wall time is kept (the report used to show only the last command's)
+    calls = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
+    assert [c["runs_finished_meanwhile"] for c in calls] == [len(before), 0]
+    assert all(c["wall_seconds"] > 0 and "--profile smoke" in c["command"] for c in calls)
+    assert "elapsed over 2 invocations" in (out / "report.md").read_text()
 
 
 def test_bad_table_and_profile_are_one_line_errors(tmp_path):

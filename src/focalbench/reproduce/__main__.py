@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from focalbench.reproduce.report import write_results
+    from focalbench.reproduce.report import record_invocation, write_results
     from focalbench.runstore import RunStore
     from focalbench.reproduce.runner import plan_runs, run_tables, write_manifest
 
@@ -53,15 +53,20 @@ def main(argv: list[str] | None = None) -> int:
 
     results_dir = Path(args.results) / args.profile
     seeds = list(range(args.seeds))
+    command = " ".join(["python -m focalbench.reproduce", f"--profile {args.profile}",
+                        f"--tables {' '.join(tables_arg)}", f"--seeds {args.seeds}",
+                        *map(shlex.quote, args.overrides)])
     start = time.time()
     try:
         _check_writable(results_dir)
         if args.report_only:
             specs = plan_runs(tables, args.profile, seeds, args.overrides)
         else:
+            runs_before = _count_runs(results_dir)
             specs = run_tables(tables, args.profile, seeds, results_dir, Path(args.work_dir) / args.profile,
                                args.overrides, progress=not args.no_progress,
                                in_process=args.in_process == "yes" or (args.in_process == "auto" and args.profile == "smoke"))
+            record_invocation(results_dir, command, start, time.time(), runs_before, _count_runs(results_dir))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -69,9 +74,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.filename or results_dir}: {e.strerror or e}", file=sys.stderr)
         return 1
     write_manifest(results_dir, specs)
-    command = " ".join(["python -m focalbench.reproduce", f"--profile {args.profile}",
-                        f"--tables {' '.join(tables_arg)}", f"--seeds {args.seeds}",
-                        *map(shlex.quote, args.overrides)])
     summary = write_results(tables, specs, results_dir, command, _profile_summary(args.profile),
                             None if args.report_only else time.time() - start,
                             work_dir=Path(args.work_dir) / args.profile)
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
               f"column and {results_dir}/runs/failed/); re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _count_runs(results_dir: Path) -> int:
+    return sum(1 for _ in (results_dir / "runs").glob("*.json"))
 
 
 def _check_writable(results_dir: Path) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import socket
+from datetime import datetime, timezone
 import platform
 from pathlib import Path
 
@@ -16,6 +20,67 @@ from focalbench.reproduce.analysis import NOISE_FLOOR, RowResult, Verdict, kenda
 from focalbench.reproduce.runner import RunSpec
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import RunStore, atomic_write_text
+
+
+INVOCATIONS = "invocations.jsonl"
+
+
+def record_invocation(results_dir: Path, command: str, start: float, end: float, runs_before: int,
+                      runs_after: int) -> None:
+    """Append one line per reproduction invocation (workers may run concurrently; O_APPEND keeps lines whole)."""
+    entry = {"start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 1),
+             "runs_finished_meanwhile": runs_after - runs_before, "worker": f"{socket.gethostname()}:{os.getpid()}",
+             "command": command}
+    with open(results_dir / INVOCATIONS, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def read_invocations(results_dir: Path) -> list[dict]:
+    path = results_dir / INVOCATIONS
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+    return out
+
+
+def elapsed_seconds(invocations: list[dict]) -> float:
+    """Wall time covered by the invocations' [start, end] intervals: concurrent workers count once."""
+    spans = sorted((datetime.fromisoformat(i["start"]).timestamp(), datetime.fromisoformat(i["end"]).timestamp())
+                   for i in invocations)
+    total, cur_start, cur_end = 0.0, None, None
+    for a, b in spans:
+        if cur_end is None or a > cur_end:
+            if cur_end is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = a, b
+        else:
+            cur_end = max(cur_end, b)
+    return total + (cur_end - cur_start if cur_end is not None else 0.0)
+
+
+def _wall_time_lines(results_dir: Path, wall_seconds: float | None) -> list[str]:
+    invocations = read_invocations(results_dir)
+    this = "%.1f min" % (wall_seconds / 60) if wall_seconds else "n/a (tables rebuilt from runs/)"
+    if not invocations:
+        return [f"- wall time of the command that wrote this report: {this}"]
+    lines = [f"- wall time: {elapsed_seconds(invocations) / 60:.1f} min elapsed over {len(invocations)} "
+             f"invocations (concurrent workers counted once; every invocation in `{INVOCATIONS}` and below); "
+             f"the command that wrote this report: {this}", "", "| start (UTC) | wall | runs finished meanwhile "
+             "(all workers) | worker | command |", "|---|---|---|---|---|"]
+    for i in invocations:
+        lines.append(f"| {i['start']} | {i['wall_seconds'] / 60:.1f} min | {i['runs_finished_meanwhile']} | "
+                     f"{i['worker']} | `{i['command']}` |")
+    return lines + [""]
 
 
 def collect(tables: list[Table], specs: list[RunSpec], store: RunStore) -> dict[str, dict[str, RowResult]]:
@@ -154,8 +219,7 @@ def _report(tables, summary, sections, command, profile_summary, wall_seconds, s
               "over seeds (focalbench/reproduce/analysis.py).", "", "## Profile", "", profile_summary, "",
               f"- finished runs: {len(runs)} unique configurations "
               f"({sum(r.get('status') == 'diverged' for r in runs)} diverged); training time {train_s / 60:.1f} min",
-              f"- wall time of the command that wrote this report: "
-              f"{'%.1f min' % (wall_seconds / 60) if wall_seconds else 'n/a (tables rebuilt from runs/)'}",
+              *_wall_time_lines(store.root.parent, wall_seconds),
               f"- hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
               f"torch {torch.__version__}, Python {platform.python_version()}",
               "", "## Command", "", f"```\n{command}\n```", "", "## Tables", ""]
