@@ -155,3 +155,36 @@ def test_cli_hydra_app(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "ok" and m["loss"]["name"] == "ce" and "data.ratio=5" in m["overrides"]
+
+
+def test_cli_default_run_dir(tmp_path):
+    # no hydra.run.dir: the default one must resolve in a single run (it once named hydra.job.id, multirun only)
+    r = subprocess.run([sys.executable, "-m", "focalbench.classify", "profile=smoke", "trainer.max_steps=2"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list(tmp_path.glob("outputs/classify/*/*/metrics.json"))) == 1
+
+
+@pytest.mark.parametrize("over, line", [
+    (["loss.gamma=-1"], "loss.gamma=-1: must be a number >= 0"),
+    (["optim.lr=0"], "optim.lr=0: must be a number > 0"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0: must be an integer >= 1"),
+    (["data.ratio=0"], "data.ratio=0: must be a number in [1, data.max_ratio=100]"),
+    (["data.ratio=1000"], "data.ratio=1000: must be a number in [1, data.max_ratio=100]"),
+    (["loss=alpha_ce", "loss.alpha=1.5"], "loss.alpha=1.5: must be in [0, 1], or -1"),
+])
+def test_bad_values_are_config_errors(over, line):
+    from focalbench.config_schema import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        run(compose(["profile=smoke", *over]), None, write=False)
+    assert str(e.value).startswith(line) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("over, line", [("loss.gamma=-1", "error: loss.gamma=-1: must be a number >= 0"),
+                                        ("loss=focl", "error: loss=focl: unknown loss; allowed: alpha_ce, ce")])
+def test_cli_bad_input_is_one_line(tmp_path, over, line):
+    r = subprocess.run([sys.executable, "-m", "focalbench.classify", "profile=smoke", over],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith(line) and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()  # nothing made before the error

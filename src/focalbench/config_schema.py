@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "LOSS_PARAMS"]
+__all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "LOSS_PARAMS",
+           "LOSS_RULES", "Rule"]
 
 P7_STRIDE = 128
 # loss name -> its parameters (conf/loss/<name>.yaml, focalbench.losses.build_classification_loss)
@@ -264,8 +265,13 @@ RULES: tuple[Rule, ...] = (
 
 
 # --------------------------------------------------------------------------------------------- entry points
-def validate_config(cfg: DictConfig | dict, complete: bool = False) -> DictConfig | dict:
-    """Check a composed training config against ``RULES``; return it unchanged or raise ``ConfigError``.
+LOSS_RULES: tuple[Rule, ...] = tuple(r for r in RULES if r.key.startswith("loss."))  # shared by other apps
+
+
+def validate_config(cfg: DictConfig | dict, complete: bool = False,
+                    rules: Sequence[Rule] = RULES) -> DictConfig | dict:
+    """Check a composed config against ``rules`` (default: the training app's ``RULES``); return it unchanged
+    or raise ``ConfigError``. A ``loss`` group, when present, is also checked against ``LOSS_PARAMS``.
 
     ``complete``: also reject mandatory values still missing (``???``): a run needs them, composing does not.
     """
@@ -275,7 +281,7 @@ def validate_config(cfg: DictConfig | dict, complete: bool = False) -> DictConfi
             raise ConfigError(f"{missing[0]}=???: a value is required (set it on the command line, "
                               f"e.g. {missing[0]}=...)")
     c = _plain(cfg)
-    for rule in RULES:
+    for rule in rules:
         found, value = _lookup(c, rule.key)
         if not found:
             if rule.optional:
@@ -286,7 +292,8 @@ def validate_config(cfg: DictConfig | dict, complete: bool = False) -> DictConfi
         ok = rule.check(value, c) if rule.needs_cfg else rule.check(value)
         if not ok:
             raise ConfigError(f"{rule.key}={_show(value)}: {_allowed(rule, c)}")
-    _check_loss(c["loss"])
+    if "loss" in c:
+        _check_loss(c["loss"])
     return cfg
 
 

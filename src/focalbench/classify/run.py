@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from focalbench.config_schema import validate_config
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 from .criterion import build_criterion
 from .data import build_splits
 from .metrics import classification_metrics
+from .schema import CLASSIFY_RULES
 
 CONF_ROOT = Path(__file__).resolve().parents[3] / "conf"  # repo's conf/ (src layout, editable install)
 CONF_DIR = CONF_ROOT / "classify"
@@ -105,6 +107,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None, overrides:
 
     from .model import ClassifierModule
 
+    validate_config(cfg, rules=CLASSIFY_RULES)  # one-line ConfigError before any data is built
     if cfg.get("trainer", {}).get("threads"):
         torch.set_num_threads(int(cfg.trainer.threads))
     loss_cfg = OmegaConf.to_container(cfg.loss, resolve=True)
