@@ -15,14 +15,24 @@ from focalbench.reproduce.analysis import RowResult  # noqa: E402
 
 PAPER_STYLE = dict(color="0.35", marker="s", linestyle="--", label="paper (COCO, R-50)")
 OURS_STYLE = dict(color="C0", marker="o", capsize=3, label="ours (mean ± sd over seeds)")
+SEED_STYLE = dict(color="C0", alpha=0.5, s=16, linewidths=0, label="ours, each seed")
 
 
-def _twin(ax, xs, paper, means, sds, xlabel):
+def _seed_dots(ax, xs, rows: list[RowResult]) -> None:
+    """Every seed's AP as a faint dot beside the mean (3 seeds say more than a ± does)."""
+    px = [x for x, r in zip(xs, rows) for _ in r.values()]
+    py = [v for r in rows for v in r.values()]
+    if any(len(r.values()) > 1 for r in rows):
+        ax.scatter(px, py, **SEED_STYLE)
+
+
+def _twin(ax, xs, paper, means, sds, xlabel, rows=()):
     ax.plot(xs, paper, **PAPER_STYLE)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("paper AP", color="0.35")
     ax2 = ax.twinx()
     ax2.errorbar(xs, means, yerr=sds, **OURS_STYLE)
+    _seed_dots(ax2, xs, list(rows))
     ax2.set_ylabel("our AP", color="C0")
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [ln.get_label() for ln in lines], loc="lower right", fontsize=8)
@@ -42,10 +52,10 @@ def line_figure(rows: list[RowResult], title: str, xlabel: str, path: Path, logi
     fig, ax = plt.subplots(figsize=(6, 4))
     if logit_x:  # alpha from .10 to .999: equal spacing per row reads better than a linear axis
         ticks = list(range(len(xs)))
-        _twin(ax, ticks, paper, means, sds, xlabel)
+        _twin(ax, ticks, paper, means, sds, xlabel, done)
         ax.set_xticks(ticks, [f"{x:g}" for x in xs])
     else:
-        _twin(ax, xs, paper, means, sds, xlabel)
+        _twin(ax, xs, paper, means, sds, xlabel, done)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -64,6 +74,7 @@ def bar_figure(rows: list[RowResult], title: str, path: Path) -> Path | None:
     ax2 = ax.twinx()
     ax2.bar(x + 0.2, [r.mean() for r in done], 0.4, yerr=[r.std() for r in done], color="C0", capsize=3,
             label="our AP (right axis)")
+    _seed_dots(ax2, list(x + 0.2), done)
     ax2.set_ylabel("our AP", color="C0")
     ax.set_xticks(x, [r.name for r in done], rotation=30, ha="right", fontsize=8)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
