@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from focalbench.sweeps.study import TrialHeartbeat, fail_stale_trials, open_stud
 HEARTBEAT_SECONDS = 20
 STALE_AFTER_SECONDS = 120
 CACHED_STATUSES = ("ok", "diverged")  # a diverged run is data; a failed one is retried
+WAIT_POLL_SECONDS = 10
 
 
 @dataclass
@@ -225,8 +227,37 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
                 study.tell(trial, float(metrics.get("AP", 0.0)))
             else:
                 study.tell(trial, state=TrialState.FAIL)
+    # Nothing left to claim, but other workers may still be training rows of this selection: wait for them,
+    # so that every worker's report holds every run (a worker that stopped first used to report without them).
+    wait_for_other_workers(tables, profile, url, storage, {(s.table, s.row, s.seed) for s in specs},
+                           lambda: bar.update(sum(1 for h in unique if store.path(h).exists()) - bar.n),
+                           bar.set_postfix_str)
     bar.close()
     return specs
+
+
+def wait_for_other_workers(tables: list[Table], profile: str, url: str, storage, keys: set, on_poll=lambda: None,
+                           say=lambda msg: None, poll: float = WAIT_POLL_SECONDS) -> int:
+    """Block while trials of ``keys`` ((table, row, seed)) are RUNNING in other workers; returns how many
+    polls it waited. A dead local worker's trial is failed at once, another machine's once its heartbeat is
+    stale, so a crashed worker cannot hold this forever (its run is then reported missing, re-run to retry)."""
+    studies = {t.id: optuna.load_study(study_name=study_name(profile, t), storage=storage) for t in tables}
+    polls = 0
+    while True:
+        running = 0
+        for tid, study in studies.items():
+            with storage_lock(url):
+                fail_stale_trials(study, storage, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, max_retry=None)
+                _fail_dead_local_workers(study, storage)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                fixed = t.system_attrs.get("fixed_params") or {}
+                running += (tid, fixed.get("row"), fixed.get("seed")) in keys
+        on_poll()
+        if not running:
+            return polls
+        say(f"waiting for {running} run(s) of other workers")
+        polls += 1
+        time.sleep(poll)
 
 
 def write_manifest(results_dir: Path, specs: list[RunSpec]) -> None:
