@@ -135,3 +135,14 @@ def test_validation_each_epoch_and_final_evaluation(smoke_root, tmp_path):
 
     rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
     assert sorted(int(r["step"]) for r in rows if r.get("val/AP")) == [3, 6]  # epoch 1 (in fit), final validate
+
+
+@pytest.mark.parametrize("env, zero", [
+    ({}, True), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True), ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, True),
+    ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"RANK": "3"}, False),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, False),  # srun's second task: no LOCAL_RANK set by anyone
+])
+def test_rank_zero_from_launcher_variables(env, zero):
+    from focalbench.train import env_rank_zero
+
+    assert env_rank_zero(env) is zero

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import hydra
 import torch
@@ -209,7 +209,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
     summary_path = out / SUMMARY_FILE
     t_start = time.perf_counter()
     loggers: list = []
-    is_zero = os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    is_zero = env_rank_zero()  # until the Trainer says (an error before it exists is written once)
     try:
         if cfg.trainer.num_threads:
             torch.set_num_threads(int(cfg.trainer.num_threads))
@@ -264,6 +264,16 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
     log.info("%s AP %.2f AP50 %.2f (%s steps, %.1f s training) -> %s", metrics["status"], metrics["AP"],
              metrics["AP50"], metrics["steps"], metrics["train_seconds"], metrics_path)
     return metrics
+
+
+def env_rank_zero(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is global rank zero, from the launchers' variables, before a Trainer exists:
+    torchrun sets RANK; Lightning's ddp launcher LOCAL_RANK and NODE_RANK in the processes it starts; srun
+    (SLURM, one task per device, as Lightning's SLURM environment expects) SLURM_PROCID in every task."""
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        if env.get(key, "0").strip() not in ("", "0"):
+            return False
+    return True
 
 
 def _train_metrics(s: dict) -> dict:
