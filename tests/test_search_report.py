@@ -33,6 +33,27 @@ def test_report_files(tmp_path):
     assert r["best"] == {"loss.gamma": 2, "loss.alpha": .25}
     text = (tmp_path / "out" / "README.md").read_text()
     assert "13 trial-epochs run vs 15 without pruning" in text and "make search" in text
-    for f in ("trials.csv", "best.yaml", "optimization_history.png", "contour_gamma_alpha.png"):
+    for f in ("trials.csv", "best.yaml", "optimization_history.png", "contour_gamma_alpha.png", "trials_gamma_alpha.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
     assert (tmp_path / "out" / "trials.csv").read_text().count("\n") == 6
+
+
+def test_paper_optimum_is_placed_on_the_right_axes():
+    # Optuna's contour puts loss.alpha on x (sorted names): the star once landed at x=gamma=2, off the plot
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from focalbench.sweeps.report import mark_paper_optimum
+
+    for xlabel, ylabel, want in (("loss.alpha", "loss.gamma", (0.25, 2.0)), ("loss.gamma", "loss.alpha", (2.0, 0.25))):
+        fig, ax = plt.subplots()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0.4, 0.6)   # a contour spanning only the complete trials: the limits grow to show the star
+        ax.set_ylim(0.7, 1.5)
+        x, y = mark_paper_optimum(ax)
+        assert (x, y) == want
+        assert ax.get_xlim()[0] < x < ax.get_xlim()[1] and ax.get_ylim()[0] < y < ax.get_ylim()[1]
+        plt.close(fig)

@@ -83,15 +83,67 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
         params = sorted({p for t in complete for p in t.params})
         if {"loss.gamma", "loss.alpha"} <= set(params) and len(complete) >= 3:
             ax = ovm.plot_contour(study, params=["loss.gamma", "loss.alpha"])
-            ax.scatter([PAPER_OPTIMUM["loss.gamma"]], [PAPER_OPTIMUM["loss.alpha"]], marker="*", s=250,
-                       color="red", edgecolor="k", zorder=10, label="paper optimum (γ=2, α=.25)")
-            ax.legend(loc="upper right", fontsize=8)
+            mark_paper_optimum(ax)
             ax.figure.set_size_inches(6, 5)
             ax.figure.tight_layout()
             ax.figure.savefig(out / "contour_gamma_alpha.png", dpi=120)
             made.append("contour_gamma_alpha.png")
             plt.close("all")
+    if {"loss.gamma", "loss.alpha"} <= {p for t in study.trials for p in t.params}:
+        trials_map(study.trials, out / "trials_gamma_alpha.png")
+        made.append("trials_gamma_alpha.png")
     return made
+
+
+def mark_paper_optimum(ax) -> tuple[float, float]:
+    """The paper's (gamma, alpha) as a star on a plot whose axes are loss.gamma and loss.alpha in either order
+    (Optuna's contour sorts them: alpha on x); the limits grow to show it. Returns the star's (x, y)."""
+    g, a = PAPER_OPTIMUM["loss.gamma"], PAPER_OPTIMUM["loss.alpha"]
+    x, y = (g, a) if ax.get_xlabel() == "loss.gamma" else (a, g)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    ax.set_xlim(min(x0, x - 0.03 * abs(x1 - x0)), max(x1, x + 0.03 * abs(x1 - x0)))
+    ax.set_ylim(min(y0, y - 0.03 * abs(y1 - y0)), max(y1, y + 0.03 * abs(y1 - y0)))
+    ax.scatter([x], [y], marker="*", s=250, color="red", edgecolor="k", zorder=10,
+               label="paper optimum (γ=2, α=.25)")
+    ax.legend(loc="upper right", fontsize=8)
+    return x, y
+
+
+def trials_map(trials: list[optuna.trial.FrozenTrial], path: Path) -> Path:
+    """Every trial at its (alpha, gamma): complete ones coloured by final AP, pruned ones as crosses labelled
+    with the epoch they stopped at and their last AP (a contour only sees the complete ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if done:
+        sc = ax.scatter([t.params["loss.alpha"] for t in done], [t.params["loss.gamma"] for t in done],
+                        c=[t.value for t in done], cmap="viridis", s=70, edgecolor="k", zorder=3,
+                        label="complete (colour: val AP)")
+        fig.colorbar(sc, ax=ax, label="val AP (complete trials)")
+    if pruned:
+        ax.scatter([t.params["loss.alpha"] for t in pruned], [t.params["loss.gamma"] for t in pruned],
+                   marker="x", color="0.4", s=40, zorder=2, label="pruned (epoch: last val AP)")
+        for t in pruned:
+            iv = t.intermediate_values
+            if iv:
+                step = max(iv)
+                ax.annotate(f"{step + 1}: {iv[step]:.1f}", (t.params["loss.alpha"], t.params["loss.gamma"]),
+                            fontsize=6, color="0.3", xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("loss.alpha")
+    ax.set_ylabel("loss.gamma")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(-0.1, 5.1)
+    ax.set_title(f"All {len(trials)} trials", fontsize=10)
+    mark_paper_optimum(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_report(storage_url: str, study_name: str, out: Path, command: str | None = None) -> dict:
@@ -113,7 +165,7 @@ def write_report(storage_url: str, study_name: str, out: Path, command: str | No
     if best is not None:
         lines += [f"Best validation AP **{best.value:.2f}** at " +
                   ", ".join(f"`{k}={v:.3g}`" for k, v in best.params.items()) +
-                  f" (trial {best.number}). The paper's optimum: gamma=2, alpha=.25 (red star on the contour).", ""]
+                  f" (trial {best.number}). The paper's optimum: gamma=2, alpha=.25 (red star on the contour and on the map of all trials).", ""]
     lines += ["## Compute saved by pruning", "",
               f"{savings['trial_epochs_run']} trial-epochs run vs {savings['trial_epochs_without_pruning']} without "
               f"pruning ({savings['epochs_per_full_trial']} epochs per full trial x {savings['trials']} trials): "
