@@ -39,12 +39,14 @@ search: install
 	$(PY) -m focalbench.sweeps.report --storage sqlite:///results/$(PROFILE)/optuna.db --study search_gamma_alpha \
 		--out results/$(PROFILE)/search --command "make search PROFILE=$(PROFILE)"
 
-# Rebuild results/$(PROFILE)/dashboard.html from runs/, then serve optuna-dashboard on the table studies
+# Rebuild results/$(PROFILE)/dashboard.html from runs/ (the tables and seeds of the last run, unless TABLES/SEEDS
+# are given), then serve optuna-dashboard on the table studies
 # (localhost only; STORAGE=sqlite:///results/$(PROFILE)/optuna.db shows the gamma/alpha search instead).
 STORAGE ?= results/$(PROFILE)/studies.journal
 PORT ?= 8080
 dashboard: install
-	$(PY) -m focalbench.reproduce --profile $(PROFILE) --tables $(TABLES) --seeds $(SEEDS) --report-only
+	$(PY) -m focalbench.reproduce --profile $(PROFILE) --report-only \
+		$(if $(filter command line,$(origin TABLES)),--tables $(TABLES)) $(if $(filter command line,$(origin SEEDS)),--seeds $(SEEDS))
 	@echo "dashboard page: results/$(PROFILE)/dashboard.html; live studies: http://127.0.0.1:$(PORT)"
 	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port $(PORT) $(if $(filter %.journal %.log,$(STORAGE)),--storage-class JournalFileStorage) $(STORAGE)
 

@@ -24,3 +24,15 @@ def test_no_file_and_bad_line(tmp_path):
     (tmp_path / "invocations.jsonl").write_text('{"start": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"invocations.jsonl:2: not a JSON line"):
         read_invocations(tmp_path)
+
+
+def test_report_only_keeps_the_last_runs_tables_and_seeds(tmp_path):
+    # `make dashboard` rebuilds with --report-only and no TABLES/SEEDS: it must not turn a 3-seed report into 1 seed
+    import json
+
+    from focalbench.reproduce.__main__ import _last_selection
+
+    assert _last_selection(tmp_path) is None
+    rows = [{"table": "1a", "row": "r", "seed": s, "config_hash": "h"} for s in (0, 1, 2)]
+    (tmp_path / "manifest.json").write_text(json.dumps(rows + [{"table": "3", "row": "r", "seed": 0, "config_hash": "h"}]))
+    assert _last_selection(tmp_path) == (["1a", "3"], 3)

@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m focalbench.reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu", help=f"one of {', '.join(PROFILES)} (default cpu)")
-    ap.add_argument("--tables", nargs="+", default=list(DEFAULT_TABLES),
-                    help=f"tables to run, from {' '.join(TABLE_FILES)} (default: {' '.join(DEFAULT_TABLES)})")
-    ap.add_argument("--seeds", type=int, default=1, help="seeds per row: 0..n-1 (default 1)")
+    ap.add_argument("--tables", nargs="+", default=None,
+                    help=f"tables to run, from {' '.join(TABLE_FILES)} (default: {' '.join(DEFAULT_TABLES)}; "
+                         "with --report-only: the tables of the last run, from manifest.json)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="seeds per row: 0..n-1 (default 1; with --report-only: the last run's, from manifest.json)")
     ap.add_argument("--results", default="results", help="results root (default results/)")
     ap.add_argument("--work-dir", default="outputs/reproduce", help="run directories (git-ignored)")
     ap.add_argument("--report-only", action="store_true", help="rebuild tables/figures/report from runs/ only")
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="train in the driver's process (auto: only for the smoke profile, whose runs take ~1 s)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. trainer.max_steps=50)")
     args = ap.parse_args(argv)
+    last = _last_selection(Path(args.results) / args.profile) if args.report_only else None
+    if args.tables is None:
+        args.tables = last[0] if last else list(DEFAULT_TABLES)
+    if args.seeds is None:
+        args.seeds = last[1] if last else 1
     tables_arg = [t for item in args.tables for t in item.replace(",", " ").split()]
     if args.profile not in PROFILES:
         print(f"error: PROFILE={args.profile!r} is not a profile; allowed: {', '.join(PROFILES)}", file=sys.stderr)
@@ -86,6 +93,22 @@ def main(argv: list[str] | None = None) -> int:
               f"column and {results_dir}/runs/failed/); re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+def _last_selection(results_dir: Path) -> tuple[list[str], int] | None:
+    """Tables and seed count of the run that wrote ``manifest.json``: a report-only rebuild (``make dashboard``)
+    must not silently turn a committed 3-seed report into a 1-seed one."""
+    import json
+
+    path = results_dir / "manifest.json"
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not rows:
+        return None
+    tables = list(dict.fromkeys(str(r["table"]) for r in rows))
+    return tables, max(int(r["seed"]) for r in rows) + 1
 
 
 def _count_runs(results_dir: Path) -> int:
