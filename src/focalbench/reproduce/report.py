@@ -202,6 +202,13 @@ def _figure4(specs: list[RunSpec], work_dir: Path, fig_dir: Path) -> str | None:
     return kept.read_text().strip() if kept.exists() else None
 
 
+def _run_threads(runs: list[dict]) -> str:
+    """The runs' ``trainer.num_threads`` as their overrides give it (the report's own process may differ)."""
+    found = sorted({o.split("=", 1)[1] for r in runs for o in r.get("overrides", [])
+                    if str(o).startswith("trainer.num_threads=")})
+    return ", ".join(found) if found else f"torch's default ({torch.get_num_threads()} here)"
+
+
 def _report(tables, summary, sections, command, profile_summary, wall_seconds, specs, store, fig4_note=None) -> str:
     runs = [store.get(s.config_hash) for s in {s.config_hash: s for s in specs}.values()]
     runs = [r for r in runs if r]
@@ -220,8 +227,8 @@ def _report(tables, summary, sections, command, profile_summary, wall_seconds, s
               f"- finished runs: {len(runs)} unique configurations "
               f"({sum(r.get('status') == 'diverged' for r in runs)} diverged); training time {train_s / 60:.1f} min",
               *_wall_time_lines(store.root.parent, wall_seconds),
-              f"- hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-              f"torch {torch.__version__}, Python {platform.python_version()}",
+              f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; torch threads "
+              f"per run: {_run_threads(runs)}; torch {torch.__version__}, Python {platform.python_version()}",
               "", "## Command", "", f"```\n{command}\n```", "", "## Tables", ""]
     lines += sections
     lines += ["## Figures", ""] + ([fig4_note, ""] if fig4_note else []) + [
