@@ -46,7 +46,8 @@ def test_sigkill_midway_then_resume_equals_uninterrupted(tmp_path):
     assert not (killed / "results" / "smoke" / "report.md").exists()
 
     t0 = time.time()
-    subprocess.run(_cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    r = subprocess.run(_cmd(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"resume failed ({len(partial)} runs were done at the kill): {r.stderr[-3000:]}"
     resumed = _runs(killed)
     assert {h: resumed[h] for h in partial} == partial  # finished runs were reused, not re-run or rewritten
     reference = _runs(clean)
