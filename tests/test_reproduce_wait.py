@@ -46,3 +46,34 @@ def test_does_not_wait_for_rows_outside_the_selection(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_claim_says_whose_trial_it_is_before_it_runs(tmp_path):
+    # a worker killed right after WAITING -> RUNNING used to leave a RUNNING trial with no worker attr: no one
+    # could tell it was dead until its heartbeat went stale (120 s), and the resumed job missed that run
+    from focalbench.reproduce.runner import _claim, _worker_id
+
+    table = load_tables(["1a"])[0]
+    url = storage_url(tmp_path)
+    storage = make_storage(url)
+    study = prepare_study(url, storage, "smoke", table, [0])
+
+    class DiesAtTheTransition:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def set_trial_state_values(self, *a, **kw):
+            raise KeyboardInterrupt  # "killed" exactly between the attrs and the claim
+
+    try:
+        _claim(url, study, DiesAtTheTransition(storage))
+    except KeyboardInterrupt:
+        pass
+    first = study.get_trials(deepcopy=False)[0]
+    assert first.state == TrialState.WAITING and first.user_attrs["worker"] == _worker_id()
+    trial = _claim(url, study, storage)
+    assert study.trials[trial.number].state == TrialState.RUNNING
+    assert study.trials[trial.number].user_attrs["worker"] == _worker_id()

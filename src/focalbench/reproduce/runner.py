@@ -117,7 +117,7 @@ def _run_lock(work_dir: Path, key: str):
 def _claim(url: str, study: optuna.Study, storage):
     """The next waiting trial, claimed under the storage's file lock (one claimer at a time)."""
     with storage_lock(url):
-        return pop_waiting_trial(study, storage)
+        return pop_waiting_trial(study, storage, user_attrs={"worker": _worker_id()})
 
 
 def _worker_id() -> str:

@@ -152,17 +152,24 @@ def _point_key(point: Mapping[str, Any]) -> str:
     return json.dumps(dict(point), sort_keys=True, default=str)
 
 
-def pop_waiting_trial(study: optuna.Study, storage: BaseStorage) -> Optional[Trial]:
+def pop_waiting_trial(study: optuna.Study, storage: BaseStorage,
+                      user_attrs: Optional[dict] = None) -> Optional[Trial]:
     """Claim the oldest WAITING trial (RUNNING) for this process, or None; never creates one.
 
     The claim is the storage's atomic WAITING -> RUNNING transition, the same one ``Study.ask``
-    uses, so two workers never get the same trial.
+    uses, so two workers never get the same trial. ``user_attrs`` (e.g. the worker's identity) are
+    written while the trial is still WAITING, so a worker killed right after the transition never leaves
+    a RUNNING trial that does not say whose it is (the winner of a race writes them again).
     """
     study_id = study_id_of(study, storage)
     for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
+            for k, v in (user_attrs or {}).items():
+                storage.set_trial_user_attr(trial_id, k, v)
             if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                for k, v in (user_attrs or {}).items():
+                    storage.set_trial_user_attr(trial_id, k, v)
                 return Trial(study, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
