@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "LOSS_PARAMS",
-           "LOSS_RULES", "Rule"]
+__all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "check_command_line",
+           "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule"]
 
 P7_STRIDE = 128
 # loss name -> its parameters (conf/loss/<name>.yaml, focalbench.losses.build_classification_loss)
@@ -347,3 +347,37 @@ def check_group_choices(overrides: Sequence[str], groups: Mapping[str, Sequence[
         for choice in choices:
             if choice is not None and str(choice) not in groups[group]:
                 raise ConfigError(f"{group}={_show(choice)}: unknown {group}; allowed: {', '.join(groups[group])}")
+
+
+def exit_config_error(e: ConfigError) -> None:
+    """Hydra would print a trimmed traceback; a bad value needs only its one line (exit code 2, as argparse)."""
+    import sys
+
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_command_line(argv: Sequence[str], conf_dirs: Sequence[str | Path], compose: Callable[[list], Any],
+                       rules: Sequence[Rule] = RULES, complete: bool = False,
+                       extra_groups: Mapping[str, Sequence[str]] | None = None) -> None:
+    """A Hydra app's command line checked before Hydra makes a run directory; a config error exits with its
+    one line (``exit_config_error``). Unknown group options (also inside ``-m`` sweeps) are checked first, over
+    ``conf_dirs`` (+ ``--config-dir``) and ``extra_groups``; a single run of the app's primary config is then
+    composed with ``compose(overrides)`` and validated whole against ``rules``. Everything else (``-m`` jobs,
+    ``--config-dir``/``--config-name``) is left to the app, per job; other composition errors to Hydra."""
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags parse as in main
+
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    groups = group_options([*conf_dirs, *([args.config_dir] if args.config_dir else [])])
+    groups.update(extra_groups or {})
+    plain_run = not (args.multirun or args.cfg or args.info or args.help or args.hydra_help
+                     or args.shell_completion or args.config_dir or args.config_name or args.config_path
+                     or args.experimental_rerun)
+    try:
+        check_group_choices(args.overrides, groups)
+        if plain_run:
+            validate_config(compose(args.overrides), complete=complete, rules=rules)
+    except ConfigError as e:
+        exit_config_error(e)
+    except Exception:  # noqa: BLE001 - any other composition error: the app reports it as Hydra does
+        pass

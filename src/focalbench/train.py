@@ -23,7 +23,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import ConfigError, check_group_choices, group_options, validate_config
+from focalbench.config_schema import (ConfigError, check_command_line, check_group_choices, exit_config_error,
+                                      validate_config)
 from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
@@ -307,7 +308,7 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # one failed job: the sweeper records it and decides
-        _exit_config_error(e)
+        exit_config_error(e)
     try:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
     except (DataError, OSError) as e:  # bad data, missing dataset, unwritable/full disk: metrics.json says so too
@@ -318,32 +319,11 @@ def main(cfg: DictConfig) -> float:
     return float(metrics["AP"])
 
 
-def _exit_config_error(e: ConfigError) -> None:
-    # Hydra would print a trimmed traceback; a bad value needs only its one line (exit code 2, as argparse).
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def cli() -> None:
     """``python -m focalbench.train``: config errors as one line on stderr (exit code 2), before Hydra makes a
-    run directory. Unknown group options (``profile=laptop``, also inside ``-m`` sweeps) are checked first; a
-    single run of conf/train.yaml is then composed and validated whole (keys and values); everything else
-    (``-m`` jobs, ``--config-dir``/``--config-name``) is validated by ``main``, per job."""
-    from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags parse as in main
-
-    args, _ = get_args_parser().parse_known_args(sys.argv[1:])
-    dirs = [CONF_DIR, *([args.config_dir] if args.config_dir else [])]
-    plain_run = not (args.multirun or args.cfg or args.info or args.help or args.hydra_help
-                     or args.shell_completion or args.config_dir or args.config_name or args.config_path
-                     or args.experimental_rerun)
-    try:
-        check_group_choices(args.overrides, group_options(dirs))
-        if plain_run:  # one run of conf/train.yaml: keys and values too, before Hydra makes the run directory
-            validate_config(compose(args.overrides), complete=True)
-    except ConfigError as e:
-        _exit_config_error(e)
-    except Exception:  # noqa: BLE001 - any other composition error: main() reports it as Hydra does
-        pass
+    run directory (``config_schema.check_command_line``); ``-m`` jobs and other config dirs are validated by
+    ``main``, per job."""
+    check_command_line(sys.argv[1:], [CONF_DIR], compose, complete=True)
     main()
 
 

@@ -6,15 +6,11 @@ The same table-of-rules as the training app (``focalbench.config_schema``): a ba
 
 from __future__ import annotations
 
-from focalbench.config_schema import (LOSS_RULES, Rule, _get, _is_num, _show, int_at_least, num_above, num_at_least,
-                                      num_in, one_of, or_null)
+from focalbench.config_schema import (LOSS_RULES, Rule, _get, _is_num, _rule, _show, int_at_least, num_above,
+                                      num_at_least, num_in, one_of, or_null)
 
 DATA_KINDS = ("tabular", "digits")  # classify.data.build_splits
 ARCHS = ("mlp", "cnn")              # classify.run._build_net
-
-
-def _rule(key: str, rule, optional: bool = False) -> Rule:
-    return Rule(key, rule[0], rule[1], optional=optional)
 
 
 def _ratio(v, cfg) -> bool:

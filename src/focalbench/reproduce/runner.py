@@ -202,8 +202,7 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
             # record the fixed point as the trial's params (optuna-dashboard shows them per trial)
             trial.suggest_categorical("row", [r.name for r in table.rows])
             trial.suggest_int("seed", 0, max(999, spec.seed))
-            trial.set_user_attr("config_hash", spec.config_hash)
-            trial.set_user_attr("worker", _worker_id())
+            trial.set_user_attr("config_hash", spec.config_hash)  # ("worker" was written by the claim)
             with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
                 # Under the lock: a run shared by two tables that another worker is training is waited for,
                 # then read from the store, never trained twice.
