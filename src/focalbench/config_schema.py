@@ -52,8 +52,8 @@ LOSS_PARAMS = {
     "focal": ("gamma", "alpha"),
     "focal_star": ("gamma", "beta", "alpha"),
     "softmax_focal": ("gamma", "alpha"),
-    "ohem": ("batch_size", "nms_iou", "per_image", "alpha"),
-    "ohem_1to3": ("batch_size", "nms_iou", "per_image", "neg_pos_ratio", "alpha"),
+    "ohem": ("batch_size", "nms_iou", "per_image", "alpha", "nms_boxes"),
+    "ohem_1to3": ("batch_size", "nms_iou", "per_image", "neg_pos_ratio", "alpha", "nms_boxes"),
 }
 ANCHOR_RATIOS = (1, 3, 5)                                              # model.anchors.ASPECT_RATIOS
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")  # model.backbone.BODIES
@@ -239,6 +239,7 @@ RULES: tuple[Rule, ...] = (
     _rule("loss.batch_size", int_at_least(1), optional=True),
     _rule("loss.nms_iou", num_in(0, 1, open_lo=True), optional=True),
     _rule("loss.per_image", BOOL, optional=True),
+    _rule("loss.nms_boxes", one_of(("anchors", "predicted"), "OHEM box set"), optional=True),
     _rule("loss.neg_pos_ratio", num_at_least(0), optional=True),
     # optim (focalbench.model.lit)
     _rule("optim.name", one_of(OPTIMIZERS, "optimizer")),
@@ -253,6 +254,8 @@ RULES: tuple[Rule, ...] = (
     _rule("optim.warmup_factor", num_in(0, 1, open_lo=True), optional=True),
     _rule("optim.scale_with_batch", BOOL, optional=True),
     _rule("optim.base_batch", int_at_least(1), optional=True),
+    _rule("optim.ema_decay", ((lambda v: v is None or (_is_num(v) and 0 < v < 1)), "must be null (off) or in (0, 1)"),
+          optional=True),
     # trainer (Lightning)
     _rule("trainer.max_steps", int_at_least(1)),
     _rule("trainer.devices", (_devices, "must be auto, -1, an integer >= 1 or a list of device indices")),

@@ -178,6 +178,15 @@ def build_trainer(cfg: DictConfig, out: Path, max_steps: int, loggers: list, cal
         enable_model_summary=False, logger=loggers, callbacks=callbacks, default_root_dir=str(out))
 
 
+def _ema_callbacks(cfg: DictConfig) -> list:
+    decay = cfg.optim.get("ema_decay")
+    if not decay:
+        return []
+    from focalbench.model.ema import WeightEMA
+
+    return [WeightEMA(float(decay))]
+
+
 def _pruning_callbacks(cfg: DictConfig) -> list:
     # Pruning needs intermediate evaluations; with val_every_n_epochs=0 the only one is the final one.
     if cfg.optuna.get("trial_number") is None or not int(cfg.trainer.val_every_n_epochs or 0):
@@ -223,7 +232,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
         dm.setup("fit")
         module = build_module(cfg, int(dm.num_classes), schedule, str(summary_path))
         loggers = make_loggers(cfg.logger, out, resolved, cfg.tags, run_name=out.name)
-        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers, _pruning_callbacks(cfg))
+        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers, _ema_callbacks(cfg) + _pruning_callbacks(cfg))
         is_zero = trainer.is_global_zero
         try:
             trainer.fit(module, datamodule=dm)
@@ -287,6 +296,8 @@ def _train_metrics(s: dict) -> dict:
          "gt_boxes_without_anchor": int(s.get("gt_no_anchor") or 0), "world_size": int(s.get("world_size") or 1)}
     # GT boxes (counted once per training batch they appear in) that no anchor overlaps at IoU >= fg_iou
     m["gt_without_anchor_fraction"] = round(m["gt_boxes_without_anchor"] / m["gt_boxes"], 4) if m["gt_boxes"] else 0.0
+    if s.get("ohem_nms_removed") is not None:
+        m["ohem_nms_removed"] = s["ohem_nms_removed"]
     if s.get("val"):
         m["val_images"] = s["val"].get("num_images")
     return m

@@ -184,9 +184,17 @@ class OHEMLoss(ClassificationLoss):
     CE summed over the K classes (no grad), selected by ``select_hard_examples``, and the loss is the
     (alpha-weighted when alpha >= 0) CE of the selected anchors, averaged over them."""
 
+    NMS_BOXES = ("anchors", "predicted")
+
     def __init__(self, batch_size: int = 128, nms_iou: float = 0.7, per_image: bool = True,
-                 alpha: float = -1.0, neg_pos_ratio: float | None = None):
+                 alpha: float = -1.0, neg_pos_ratio: float | None = None, nms_boxes: str = "anchors"):
         super().__init__()
+        if nms_boxes not in self.NMS_BOXES:
+            raise ValueError(f"loss.nms_boxes must be one of {self.NMS_BOXES}, got {nms_boxes!r}")
+        # "anchors": NMS over the anchor boxes; "predicted": over each anchor's regressed box (the model
+        # passes them, detached, in place of the anchors). Counts of what NMS examined and kept:
+        self.nms_boxes = nms_boxes
+        self.nms_stats = {"scanned": 0, "kept": 0}
         self.batch_size = check_batch_size(batch_size, "loss.batch_size")
         self.nms_iou = check_nms_iou(nms_iou, "loss.nms_iou")
         if not isinstance(per_image, bool):
@@ -198,7 +206,7 @@ class OHEMLoss(ClassificationLoss):
 
     def hparams(self) -> dict:
         h = {"batch_size": self.batch_size, "nms_iou": self.nms_iou, "per_image": self.per_image,
-             "alpha": self.alpha}
+             "alpha": self.alpha, "nms_boxes": self.nms_boxes}
         if self.neg_pos_ratio is not None:
             h["neg_pos_ratio"] = self.neg_pos_ratio
         return h
@@ -211,11 +219,18 @@ class OHEMLoss(ClassificationLoss):
     def select(self, logits, labels, anchors):
         """``(image_idx, anchor_idx)`` of the anchors this minibatch trains on."""
         _check_inputs(logits, labels)
-        if anchors is None or anchors.shape != (logits.shape[1], 4):
+        n, a = logits.shape[:2]
+        if anchors is None or tuple(anchors.shape) not in ((a, 4), (n, a, 4)):
             got = None if anchors is None else tuple(anchors.shape)
-            raise ValueError(f"OHEM needs anchors of shape ({logits.shape[1]}, 4), got {got}")
+            raise ValueError(f"OHEM needs anchors (or boxes) of shape ({a}, 4) or ({n}, {a}, 4), got {got}")
         return select_hard_examples(anchors, self.scores(logits, labels), labels, self.batch_size,
-                                    self.nms_iou, self.per_image, self.neg_pos_ratio)
+                                    self.nms_iou, self.per_image, self.neg_pos_ratio,
+                                    stats=self.nms_stats if self.training else None)
+
+    def nms_removed_fraction(self) -> float | None:
+        """Fraction of the anchors NMS examined during training that it removed (None before any step)."""
+        st = self.nms_stats
+        return round(1.0 - st["kept"] / st["scanned"], 4) if st["scanned"] else None
 
     def forward(self, logits, labels, anchors=None):
         img, anc = self.select(logits, labels, anchors)
@@ -242,9 +257,9 @@ _LOSSES = {
     "focal": (SigmoidFocalLoss, {}, ("gamma", "alpha")),
     "focal_star": (FocalStarLoss, {}, ("gamma", "beta", "alpha")),
     "softmax_focal": (SoftmaxFocalLoss, {}, ("gamma", "alpha")),
-    "ohem": (OHEMLoss, {}, ("batch_size", "nms_iou", "per_image", "alpha")),
+    "ohem": (OHEMLoss, {}, ("batch_size", "nms_iou", "per_image", "alpha", "nms_boxes")),
     "ohem_1to3": (OHEMLoss, {"neg_pos_ratio": 3.0}, ("batch_size", "nms_iou", "per_image", "neg_pos_ratio",
-                                                    "alpha")),
+                                                    "alpha", "nms_boxes")),
 }
 
 

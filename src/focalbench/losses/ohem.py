@@ -107,7 +107,16 @@ class _GreedyNMSScan:
         return self._nms_append(self._unsuppressed(cand))
 
 
-def nms_topk(boxes: torch.Tensor, scores: torch.Tensor, k: int, iou_threshold: float) -> torch.Tensor:
+def _record(stats: dict | None, scan: _GreedyNMSScan) -> None:
+    """Add a scan's decided candidates and the ones NMS kept among them to ``stats`` (for the fraction of
+    examined anchors that NMS removed, reported per Table 1d row)."""
+    if stats is not None:
+        stats["scanned"] = stats.get("scanned", 0) + min(scan.pos, scan.order.numel())
+        stats["kept"] = stats.get("kept", 0) + int(scan.kept_boxes.shape[0])
+
+
+def nms_topk(boxes: torch.Tensor, scores: torch.Tensor, k: int, iou_threshold: float,
+             stats: dict | None = None) -> torch.Tensor:
     """The first ``k`` boxes kept by greedy NMS at ``iou_threshold`` in score order (ties: lower index
     first), as indices into ``boxes`` in that order. Equals ``nms`` over all boxes followed by top-k.
 
@@ -122,6 +131,7 @@ def nms_topk(boxes: torch.Tensor, scores: torch.Tensor, k: int, iou_threshold: f
         new = scan.step(k - n_kept)[: k - n_kept]
         kept.append(new)
         n_kept += new.numel()
+    _record(stats, scan)
     return torch.cat(kept) if kept else boxes.new_zeros(0, dtype=torch.long)
 
 
@@ -131,7 +141,7 @@ def ssd_quota(num_pos: int, batch_size: int, neg_pos_ratio: float) -> tuple[int,
     return p, min(int(math.floor(neg_pos_ratio * p)), batch_size - p)
 
 
-def _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, neg_quota):
+def _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, neg_quota, stats=None):
     """The first ``min(#kept positives, p_cap)`` kept positives and the first ``neg_quota(P)`` kept
     negatives of greedy NMS in rank order (positives first, each in rank order). The scan stops once
     this is provably decided: positives are settled when ``p_cap`` are kept or every positive has been
@@ -161,6 +171,7 @@ def _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, neg_quota):
         kept_neg.append(new[~is_pos])
         n_pos += kept_pos[-1].numel()
         n_neg += kept_neg[-1].numel()
+    _record(stats, scan)
     p = min(n_pos, p_cap)
     empty = boxes.new_zeros(0, dtype=torch.long)
     pos = torch.cat(kept_pos)[:p] if kept_pos else empty
@@ -169,7 +180,7 @@ def _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, neg_quota):
 
 
 def nms_topk_1to3(boxes: torch.Tensor, scores: torch.Tensor, positive: torch.Tensor, batch_size: int,
-                  iou_threshold: float, neg_pos_ratio: float = 3.0) -> torch.Tensor:
+                  iou_threshold: float, neg_pos_ratio: float = 3.0, stats: dict | None = None) -> torch.Tensor:
     """SSD's rule on the greedy-NMS order: the first ``P = min(#kept positives, batch_size // 4)`` kept
     positives, then the first ``min(floor(neg_pos_ratio * P), batch_size - P)`` kept negatives. Returns
     indices into ``boxes`` (positives first, each group in rank order). Exact w.r.t. whole-set NMS then
@@ -178,16 +189,18 @@ def nms_topk_1to3(boxes: torch.Tensor, scores: torch.Tensor, positive: torch.Ten
     iou_threshold = check_nms_iou(iou_threshold)
     neg_pos_ratio = check_neg_pos_ratio(neg_pos_ratio)
     return _scan_pos_neg(boxes, scores, positive, iou_threshold, batch_size // 4,
-                         lambda p: ssd_quota(p, batch_size, neg_pos_ratio)[1])
+                         lambda p: ssd_quota(p, batch_size, neg_pos_ratio)[1], stats)
 
 
 def select_hard_examples(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, batch_size: int,
                          nms_iou: float, per_image: bool = True,
-                         neg_pos_ratio: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         neg_pos_ratio: float | None = None, stats: dict | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """OHEM selection over a minibatch. Returns ``(image_idx, anchor_idx)`` of the selected anchors.
 
     Args:
-        boxes: ``(A, 4)`` anchors (xyxy), the same for every image.
+        boxes: ``(A, 4)`` anchors (xyxy), the same for every image, or ``(N, A, 4)`` boxes per image (the
+            detector's predicted boxes, ``OHEMLoss(nms_boxes="predicted")``).
         scores: ``(N, A)`` per-anchor loss (the ranking score).
         labels: ``(N, A)`` long: ``>= 0`` foreground, ``-1`` background, ``-2`` ignored (never selected;
             removed before NMS).
@@ -197,6 +210,7 @@ def select_hard_examples(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
             (ties across images: lower image index first).
         neg_pos_ratio: ``None`` for plain OHEM; else SSD's rule (``ohem_1to3``), per image or with its
             quota taken over the whole minibatch's NMS survivors.
+        stats: when given, ``scanned`` (candidates NMS decided) and ``kept`` are added to it.
     """
     check_batch_size(batch_size)
     nms_iou = check_nms_iou(nms_iou)
@@ -211,15 +225,15 @@ def select_hard_examples(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
         valid = (labels[i] != -2).nonzero().flatten()
         if valid.numel() == 0:
             continue
-        b, s = boxes[valid], scores[i, valid]
+        b, s = (boxes[valid] if boxes.dim() == 2 else boxes[i, valid]), scores[i, valid]
         if neg_pos_ratio is None:
-            keep = nms_topk(b, s, quota, nms_iou)
+            keep = nms_topk(b, s, quota, nms_iou, stats)
         elif per_image:
-            keep = nms_topk_1to3(b, s, labels[i, valid] >= 0, quota, nms_iou, neg_pos_ratio)
+            keep = nms_topk_1to3(b, s, labels[i, valid] >= 0, quota, nms_iou, neg_pos_ratio, stats)
         else:
             # the minibatch rule needs, from each image, its kept positives up to the batch cap and its
             # kept negatives up to the batch's negative cap: the 1:3 rule with ratio bounds gives both
-            keep = _nms_topk_split(b, s, labels[i, valid] >= 0, nms_iou, quota // 4, batch_q_cap)
+            keep = _nms_topk_split(b, s, labels[i, valid] >= 0, nms_iou, quota // 4, batch_q_cap, stats)
         img_ids.append(torch.full_like(keep, i))
         anchor_ids.append(valid[keep])
     if not img_ids:
@@ -241,7 +255,7 @@ def select_hard_examples(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
     return img[take], anc[take]
 
 
-def _nms_topk_split(boxes, scores, positive, iou_threshold, p_cap, q_cap):
+def _nms_topk_split(boxes, scores, positive, iou_threshold, p_cap, q_cap, stats=None):
     """This image's first kept positives (up to ``p_cap``) and first kept negatives (up to ``q_cap``),
     whatever its own positives: enough for any minibatch-level SSD quota."""
-    return _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, lambda p: q_cap)
+    return _scan_pos_neg(boxes, scores, positive, iou_threshold, p_cap, lambda p: q_cap, stats)

@@ -113,6 +113,9 @@ class RetinaNetModule(L.LightningModule):
         per_epoch = self.trainer.num_training_batches
         self.summary["epochs"] = round(self.global_step / per_epoch, 3) if per_epoch and per_epoch != float("inf") \
             else int(self.current_epoch)
+        removed = getattr(self.model.criterion, "nms_removed_fraction", None)
+        if removed is not None:
+            self.summary["ohem_nms_removed"] = removed()
         if not self.summary["diverged"] and not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.summary.update(diverged=True, reason=f"non-finite weights after step {self.global_step}")
         self._write_summary()

@@ -99,7 +99,7 @@ class RetinaNet(nn.Module):
                                f"{anchors.shape[0]}: image size not divisible by the strides?")
         a = self.assign(anchors, targets)
         labels = a["labels"]
-        loss_cls = self.criterion(outputs.cls_logits, labels, anchors)
+        loss_cls = self.criterion(outputs.cls_logits, labels, self._selection_boxes(outputs, anchors))
         fg = labels >= 0
         num_fg = fg.sum()
         n_idx, a_idx = fg.nonzero(as_tuple=True)
@@ -108,6 +108,16 @@ class RetinaNet(nn.Module):
                                     beta=self.smooth_l1_beta, reduction="sum") / num_fg.clamp(min=1)
         return {"loss": loss_cls + loss_box, "loss_cls": loss_cls, "loss_box": loss_box, "num_fg": num_fg,
                 "num_gt": a["num_gt"], "gt_no_anchor": a["gt_no_anchor"]}
+
+    @torch.no_grad()
+    def _selection_boxes(self, outputs: HeadOutputs, anchors: torch.Tensor) -> torch.Tensor:
+        """What OHEM's NMS runs over: the anchors (A, 4), or with ``nms_boxes="predicted"`` each anchor's
+        regressed box (N, A, 4), detached."""
+        if getattr(self.criterion, "nms_boxes", "anchors") != "predicted":
+            return anchors
+        n, a, _ = outputs.bbox_deltas.shape
+        deltas = outputs.bbox_deltas.detach().float().reshape(n * a, 4)
+        return self.box_coder.decode_single(deltas, anchors.repeat(n, 1)).view(n, a, 4)
 
     # --------------------------------------------------------------------------------------------- inference
     def scores(self, cls_logits: torch.Tensor) -> torch.Tensor:
