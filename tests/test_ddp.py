@@ -1,7 +1,7 @@
 """Two-process DDP on CPU (ddp_spawn, gloo) of the smoke profile through the CLI.
 
 ddp_spawn, not ddp: Lightning's ddp re-launches the command line, which under pytest re-runs pytest (an
-orphan child once hung for 88 minutes, see DESIGN.md). A hard timeout keeps a hang from blocking CI.
+orphan child once hung for 88 minutes here). A hard timeout keeps a hang from blocking CI.
 """
 
 import json

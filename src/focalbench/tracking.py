@@ -1,6 +1,6 @@
 """Loggers of a training run: CSV always, W&B with ``logger=wandb`` (offline unless ``WANDB_MODE=online``).
 
-W&B rules (DESIGN.md): one W&B run per job, rank zero only, grouped by ``tags.group``, the resolved config
+W&B rules: one W&B run per job, rank zero only, grouped by ``tags.group``, the resolved config
 attached, ``metrics.json`` in the summary and as a file, and ``wandb.finish()`` at the end of every job so
 the next job of a multirun does not log into a finished run.
 """

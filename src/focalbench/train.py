@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = Path(os.environ.get("FOCALBENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
 # Keys that say where and how a run is recorded, not what it computes: left out of the config hash.
+# ``trainer.num_threads`` IS hashed: CPU kernels split their reductions by thread, so the same config at 1
+# and 2 threads trains to different weights (measured: AP 6.2 vs 10.7 for one row of the cpu profile);
+# at a fixed thread count a rerun is bit-identical (tests/test_determinism.py).
 NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights")
-NON_HASHED_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_checkpointing", "num_threads")
+NON_HASHED_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_checkpointing")
 SUMMARY_FILE = "train_summary.json"
 
 
@@ -200,12 +203,15 @@ def _pruning_callbacks(cfg: DictConfig) -> list:
 
 # ---------------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
-    """Train and evaluate one config; write and return its metrics (see DESIGN.md for the keys)."""
+    """Train and evaluate one config; write and return its metrics (the keys: docs/outputs.md)."""
     import lightning as L
 
     from focalbench.tracking import finish_wandb, make_loggers, read_json
 
     validate_config(cfg, complete=True)  # before any directory, data or model is made
+    from focalbench.model.backbone import check_weights
+
+    check_weights(OmegaConf.to_container(cfg.model.backbone, resolve=True))  # pretrained file present, or one line
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides = _overrides(cfg)

@@ -4,7 +4,7 @@ The paper's OHEM: score every anchor by its loss, run NMS over the anchor boxes 
 ``nms_iou``, keep the ``batch_size`` highest-scoring survivors (per image, or over the minibatch).
 ``ohem_1to3`` is SSD's rule on the same NMS ordering: the highest-loss positives (at most
 ``batch_size // 4``), then the highest-loss negatives, at most ``neg_pos_ratio`` per positive taken and at
-most ``batch_size`` in all (see DESIGN.md).
+most ``batch_size`` in all (docs/losses.md: why a cap on positives alone is not SSD's rule).
 
 Exactness. Greedy NMS keeps a candidate iff no already-kept, higher-ranked box overlaps it by more than
 ``nms_iou``. So the kept set among the first m rank-ordered candidates depends only on those m, and we

@@ -4,12 +4,19 @@ Two bodies:
 - ``SmallResNet``: a 4-stage ResNet-style body (torchvision ``BasicBlock``s) with configurable widths, for
   CPU profiles.
 - torchvision ResNet-18/34/50/101 (``weights=None`` by default; ImageNet weights only when asked for).
+
+Pretrained weights are never downloaded: ``weights`` names a torchvision weights entry (``IMAGENET1K_V1``),
+looked up where torchvision would have cached it (``$TORCH_HOME/hub/checkpoints/<file name of its url>``,
+``torch.hub.get_dir()``), or is a path to such a state_dict file. A missing file raises
+``WeightsNotFoundError`` (a ``FileNotFoundError``) with one line saying where to put it; ``check_weights``
+does only that check, without building anything, so a run can fail before it loads any data.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +28,58 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 BODIES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("bn", "frozen_bn", "gn", "none")
+PRETRAINED_NORMS = ("bn", "frozen_bn")  # the norms whose parameters/buffers a torchvision checkpoint holds
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained backbone weights that are not on this machine (never downloaded). The message is one line
+    naming the file to provide and the config key that points elsewhere."""
+
+
+def _is_path(weights: str) -> bool:
+    return "/" in weights or "\\" in weights or weights.endswith((".pth", ".pt"))
+
+
+def weights_file(name: str, weights: str | None) -> Path | None:
+    """The local file holding ``weights`` for body ``name`` (None: no pretrained weights); never downloads.
+
+    ``weights``: a torchvision weights name of ``name`` (``IMAGENET1K_V1``), found in torch hub's cache as
+    torchvision names it, or a path to a state_dict file. Raises ``WeightsNotFoundError`` (one line) when the
+    file is missing, ``ValueError`` for an unknown weights name or a body without pretrained weights.
+    """
+    if not weights:
+        return None
+    weights = str(weights)
+    if name not in BODIES or name == "small":
+        raise ValueError(f"model.backbone.weights={weights}: pretrained weights exist only for the torchvision "
+                         f"bodies {BODIES[1:]}, not {name!r}")
+    if _is_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"model.backbone.weights={weights}: no such file (a torchvision {name} "
+                                       f"state_dict, e.g. resnet50-0676ba61.pth for resnet50 IMAGENET1K_V1)")
+        return path
+    import torch.hub
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    if weights not in enum.__members__:
+        raise ValueError(f"model.backbone.weights={weights}: unknown {name} weights; allowed: "
+                         f"{', '.join(enum.__members__)}, a path to a state_dict file, or null")
+    url = enum[weights].url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"model.backbone.weights={weights}: {path} not found (weights are never downloaded); copy torchvision's "
+            f"{name} {weights} file ({url}) there, set TORCH_HOME to the folder whose hub/checkpoints/ holds it, "
+            f"or give its path: model.backbone.weights=/path/to/{path.name}")
+    return path
+
+
+def check_weights(backbone: Mapping[str, Any]) -> Path | None:
+    """``weights_file`` for a ``model.backbone`` config (a mapping): the pretrained weights are on this machine,
+    or ``WeightsNotFoundError`` / ``ValueError`` in one line. Builds nothing."""
+    return weights_file(str(backbone.get("name", "small")), backbone.get("weights"))
 
 
 def norm_layer(kind: str, groups: int = 16) -> Callable[[int], nn.Module]:
@@ -78,11 +137,28 @@ class SmallResNet(nn.Module):
 
 
 class TorchvisionResNet(nn.Module):
-    """torchvision ResNet body returning C3-C5. ``freeze_at`` freezes the stem (1) and res2 (2) as Detectron."""
+    """torchvision ResNet body returning C3-C5. ``freeze_at`` freezes the stem (1) and res2 (2) as Detectron.
+
+    ``weights`` (see ``weights_file``) loads a local torchvision checkpoint into the body, after it is built
+    with ``norm`` (``frozen_bn``: the checkpoint's BN statistics and affine parameters become fixed buffers,
+    Detectron's frozen "affine channel" BN).
+    """
 
     def __init__(self, name: str = "resnet50", weights: str | None = None, norm: str = "bn", freeze_at: int = 0):
         super().__init__()
-        body = get_model(name, weights=weights, norm_layer=norm_layer(norm))
+        path = weights_file(name, weights)
+        if path is not None and norm not in PRETRAINED_NORMS:
+            raise ValueError(f"model.backbone.norm={norm}: pretrained weights (model.backbone.weights={weights}) "
+                             f"need a norm the checkpoint holds: {', '.join(PRETRAINED_NORMS)}")
+        body = get_model(name, weights=None, norm_layer=norm_layer(norm))
+        if path is not None:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                body.load_state_dict(state)
+            except (RuntimeError, TypeError, AttributeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"model.backbone.weights={weights}: {path} is not a torchvision {name} "
+                                 f"state_dict ({first})") from None
         self.body = IntermediateLayerGetter(body, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
         expansion = 4 if name in ("resnet50", "resnet101") else 1
         self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
