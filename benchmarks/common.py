@@ -100,6 +100,23 @@ def paired(ours: Callable[[Any], Any], theirs: Callable[[Any], Any], reps: int =
     return Timing(t_ours, t_theirs, paired=theirs_reps >= reps, loadavg_before=before, loadavg_after=loadavg())
 
 
+def interleaved(fns: dict[str, Callable[[Any], Any]], reps: int = 7, warmup: int = 1,
+                setup: Callable[[], Any] | None = None) -> dict[str, list[float]]:
+    """Per-call seconds of several alternatives timed round-robin in one process (``arg = setup()``, untimed,
+    fresh per call): every repetition calls each once, the order rotating every repetition, so that a drift
+    of the shared machine's load hits all alike. Warm-up calls are not timed."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            _timed(fns[name], setup)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(reps):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(_timed(fns[name], setup))
+    return out
+
+
 def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[int, int]:
     """Bytes and count of the unique storages autograd saves for backward while ``fn()`` builds its graph
     (``torch.autograd.graph.saved_tensors_hooks``; views of one storage count once, inputs count too)."""

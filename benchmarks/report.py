@@ -38,16 +38,15 @@ def _limits(r: dict) -> str | None:
     if r.get("met") is not False:
         return None
     if name.startswith("focal_loss"):
-        text = (f"{r['speedup']:.2f}x. Both sides are chains of elementwise passes over {r['shape'][0]:,} x "
-                f"{r['shape'][1]} values, bound by memory traffic rather than arithmetic: each pass streams "
-                "logits-sized tensors through memory.")
-        if r.get("dtype") == "bfloat16":
-            text += (" In bfloat16 torchvision computes natively in bfloat16 (half the bytes per pass, and a "
-                     f"gradient error of {r['torchvision_grad_max_abs_err']:.1e} against float64), while ours "
-                     f"computes in float32 ({r['ours_grad_max_abs_err']:.1e}), so the ratio is smaller than in "
-                     "float32. Running our passes over cache-sized blocks of rows removes most of that traffic "
-                     "(a patch is proposed to the losses' owner: 2.6x faster in bfloat16, 1.5x in float32, "
-                     "bitwise the same results).")
+        text = (f"{r['speedup']:.2f}x on the {r.get('path', 'eager')} path. Both sides are chains of "
+                f"elementwise passes over {r['shape'][0]:,} x {r['shape'][1]} values.")
+        if r.get("path") == "eager":
+            reason = r.get("compile_unavailable") or "the tensor is below the compiled path's size threshold"
+            text += (f" The compiled path (one fused pass) was not used: {reason}; the eager Function runs "
+                     "~15 in-place passes over logits-sized buffers.")
+        if "compiled_over_floor" in r:
+            text += (f" The compiled kernel takes {r['compiled_over_floor']:.1f}x the read-plus-write floor: it is "
+                     "bound by the exp/log1p/division arithmetic per element, not by memory traffic.")
         return text
     if name.startswith("ohem"):
         return (f"{r['speedup']:.0f}x. Ours stops the NMS once {r['batch_size']} anchors are kept, so its cost "
@@ -125,6 +124,43 @@ def _memory(res: dict) -> list[str]:
     return out
 
 
+def _focal_table(res: dict) -> list[str]:
+    """Floor / compiled / eager / torchvision side by side (round-robin in one process, medians)."""
+    rows = [r for r in res["rows"] if r["name"].startswith("focal_loss") and "floor_median_s" in r]
+    if not rows:
+        return []
+    out = ["| dtype | alternative | median | torchvision / it | it / floor |", "|---|---|---|---|---|"]
+    for r in rows:
+        for k, label in (("floor", "floor: read logits + targets, write one logits-sized (`torch.add`)"),
+                         ("compiled", "ours, compiled (inductor)"), ("eager", "ours, eager Function"),
+                         ("torchvision", "torchvision")):
+            if f"{k}_median_s" not in r:
+                continue
+            vs_tv = "-" if k == "floor" else f"{r[f'speedup_{k}_vs_torchvision']:.3g}x"
+            vs_floor = "1x" if k == "floor" else f"{r[f'{k}_over_floor']:.3g}x"
+            default = " (default here)" if k == r.get("path") else ""
+            out.append(f"| {r['dtype']} | {label}{default} | {_s(r[f'{k}_median_s'])} | {vs_tv} | {vs_floor} |")
+    out.append("")
+    r = rows[0]
+    n = min(len(r.get("floor_times_s", [])), len(r.get("torchvision_times_s", [])))
+    out.append(f"Medians of {n} repetitions, the alternatives called round-robin (order rotated every "
+               "repetition) in one process after a warm-up call each.")
+    cold, warm = r.get("compile_cold"), r.get("compile_warm")
+    if cold and warm and "first_call_s" in cold and "first_call_s" in warm:
+        out.append(f"Compile cost, first fwd+bwd call in a fresh process (float32, {r['shape'][0]:,} x "
+                   f"{r['shape'][1]}): cold inductor cache {_s(cold['first_call_s'])}, warm cache "
+                   f"{_s(warm['first_call_s'])} (then {_s(warm['second_call_s'])} per call); inductor FX graph "
+                   f"cache {'on' if r.get('fx_graph_cache') else 'off'}.")
+    if r.get("first_call_in_process_s") is not None:
+        out.append(f"First compiled call in this process: {_s(r['first_call_in_process_s'])}.")
+    if r.get("compiled_grad_max_rel_err_elementwise") is not None:
+        out.append(f"Element-wise gradient accuracy of the compiled path (float32, logits in [-30, 30]) against "
+                   f"float64: max relative error {r['compiled_grad_max_rel_err_elementwise']:.1e}.")
+    if r.get("compile_unavailable"):
+        out.append(f"Compiled path unavailable here: {r['compile_unavailable']}.")
+    return out + [""]
+
+
 def render_readme(res: dict[str, Any]) -> str:
     m = res["machine"]
     v = m["versions"]
@@ -141,6 +177,9 @@ def render_readme(res: dict[str, Any]) -> str:
         "(whole-set NMS, pycocotools on 5,000 images) it runs fewer times (the `reps` column) and the ratio "
         "is the ratio of the medians.", "",
         "## Results", "", *_summary_table(res), ""]
+    focal = _focal_table(res)
+    if focal:
+        lines += ["### Focal loss: floor, compiled, eager, torchvision", "", *focal]
     limits = [(r["name"], _limits(r)) for r in res["rows"]]
     limits = [(n, t) for n, t in limits if t]
     if limits:

@@ -157,3 +157,44 @@ def test_paired_ratio_is_median_of_pairs_and_report_renders():
            "quick": False, "seconds": {"ohem": 1.0}, "total_seconds": 1.0, "rows": [row], "errors": {}}
     text = render_readme(res)
     assert "`ohem_b128_iou0.5`" in text and "**not met**" in text and "same indices" in text
+
+
+@pytest.mark.slow  # compiles the kernels (tests/test_focal_compiled.py covers the compiled path by default)
+def test_gpu_kernel_script_runs_on_cpu(tmp_path):
+    """The GPU script's kernel part, on the CPU at a small size: every variant timed, the floor row first."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_kernels.py", "--device", "cpu", "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "kernels.json").read_text())
+    variants = [r["variant"] for r in res["rows"]]
+    assert variants[0].startswith("floor") and {"torchvision", "ours, eager", "ours, compiled"} <= set(variants)
+    assert all(r["median_ms"] > 0 and r["shape"] == [4096, 80] for r in res["rows"])
+    assert "4,096 x 80" in (tmp_path / "kernels.md").read_text()
+
+
+def test_report_renders_the_focal_floor_table():
+    t = Timing([0.01] * 7, [0.3] * 7, paired=True, loadavg_before=[0, 0, 0], loadavg_after=[0, 0, 0])
+    med = {"floor": 0.004, "compiled": 0.01, "eager": 0.1, "torchvision": 0.3}
+    row = {"name": "focal_loss_float32", "what": "x", "benchmark": "focal_loss", "target_speedup": 8.0,
+           "met": True, "dtype": "float32", "shape": [100, 80], "path": "compiled", **t.record(),
+           **{f"{k}_median_s": v for k, v in med.items()}, **{f"{k}_times_s": [v] * 7 for k, v in med.items()},
+           **{f"speedup_{k}_vs_torchvision": 0.3 / v for k, v in med.items() if k != "floor"},
+           **{f"{k}_over_floor": v / 0.004 for k, v in med.items() if k != "floor"},
+           "compile_cold": {"first_call_s": 20.0}, "compile_warm": {"first_call_s": 3.0, "second_call_s": 0.01},
+           "fx_graph_cache": True, "saved_bytes_ours": 1, "saved_bytes_theirs": 8, "saved_budget_bytes": 3,
+           "saved_met": True, "saved_tensors_ours": 1, "saved_tensors_theirs": 8, "saved_logits_sized_ours": 1.0,
+           "saved_logits_sized_theirs": 8.0, "ours_loss_rel_err": 1e-8, "torchvision_loss_rel_err": 1e-8,
+           "ours_grad_max_abs_err": 1e-7, "torchvision_grad_max_abs_err": 1e-7, "grad_max_abs": 0.8}
+    res = {"machine": {"argv": ["python", "benchmarks/run.py"], "date": "d", "git_sha": "s", "cpu": "c",
+                       "cpu_count": 2, "affinity_cpus": 2, "torch_threads": 2, "torch_interop_threads": 1,
+                       "cpu_capability": "AVX512", "gpu": None, "loadavg": [1, 1, 1], "loadavg_end": [1, 1, 1],
+                       "platform": "p", "python": "3", "versions": {"torch": "2"}},
+           "quick": False, "seconds": {"focal_loss": 1.0}, "total_seconds": 1.0, "rows": [row], "errors": {}}
+    text = render_readme(res)
+    assert "floor: read logits + targets" in text and "| float32 | ours, compiled (inductor) (default here) | " \
+        "10.0 ms | 30x | 2.5x |" in text and "cold inductor cache 20.0 s, warm cache 3.00 s" in text

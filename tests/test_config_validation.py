@@ -129,11 +129,19 @@ ALL_LOSSES = "ce, alpha_ce, focal, focal_star, softmax_focal, ohem, ohem_1to3"
     # beyond the list: parameters and keys that do not exist
     (["loss=ce", "+loss.gamma=2"], "loss.gamma=2: not a parameter of loss ce; its parameters: none"),
     (["loss=alpha_ce", "+loss.gamma=1"], "loss.gamma=1: not a parameter of loss alpha_ce; its parameters: alpha"),
-    (["loss.gama=2"], "loss.gama=2: unknown key; loss has: name, gamma, alpha"),
+    (["loss.gama=2"], "loss.gama=2: unknown key (did you mean loss.gamma?); loss has: alpha, gamma, name"),
+    (["+loss.gama=2"], "+loss.gama=2: unknown key (did you mean loss.gamma?); loss has: alpha, batch_size, beta, "
+                       "gamma, name, neg_pos_ratio, nms_boxes, nms_iou, per_image"),
+    (["+trainer.max_step=5"], "+trainer.max_step=5: unknown key (did you mean trainer.max_steps?); trainer has: "
+                              "accelerator, benchmark, deterministic, devices, enable_checkpointing, enable_progress_bar, "
+                              "gradient_clip_val, log_every_n_steps, max_steps, num_nodes, num_threads, precision, "
+                              "strategy, sync_batchnorm, val_every_n_epochs"),
+    (["data.build_args.train=0"], "data.build_args.train=0: must be an integer >= 1"),
+    (["data.build=coco"], "data.build=coco: unknown built-in dataset; allowed: shapes, digits, or null"),
     (["optim.name=adam"], "optim.name=adam: unknown optimizer; allowed: sgd, adamw"),
     (["optim.steps=[800,600]"], "optim.steps=[800,600]: must be an ascending list of integers >= 1"),
     (["trainer.devices=0"], "trainer.devices=0: must be auto, -1, an integer >= 1 or a list of device indices"),
-    (["logger.name=tensorboard"], "logger.name=tensorboard: unknown logger; allowed: csv, wandb"),
+    (["logger.name=mlflow"], "logger.name=mlflow: unknown logger; allowed: csv, wandb, tensorboard"),
 ])
 def test_bad_value_is_one_line_naming_key_value_allowed(overrides, message):
     assert error_of(overrides) == message
@@ -150,7 +158,7 @@ def test_sweep_choices_of_a_group_are_checked():
 
 def test_missing_mandatory_value_is_rejected_only_for_a_run():
     cfg = compose(["profile=paper"])  # data=coco: data.root=??? until the user gives it
-    with pytest.raises(ConfigError, match=r"^data\.root=\?\?\?: a value is required"):
+    with pytest.raises(ConfigError, match=r"^data\.root is required \(the COCO folder holding annotations/ "):
         validate_config(cfg, complete=True)
     validate_config(compose(["profile=paper", "data.root=/data/coco"]), complete=True)
 

@@ -238,3 +238,19 @@ def test_bad_arguments(call, match):
     x, t = torch.randn(4, 3), torch.zeros(4, 3)
     with pytest.raises(ValueError, match=match):
         call(x, t)
+
+
+def test_shared_terms_match_the_matcher_and_the_paper():
+    """One definition of the label values, alpha_t and the prior: the matcher's labels pass straight through."""
+    import math
+
+    from torchvision.models.detection._utils import Matcher
+
+    from focalbench.losses.terms import BACKGROUND, IGNORE, alpha_coefs, prior_logit
+
+    assert (BACKGROUND, IGNORE) == (Matcher.BELOW_LOW_THRESHOLD, Matcher.BETWEEN_THRESHOLDS)
+    a0, a1 = alpha_coefs(0.25)
+    assert (a0 + a1 * 1, a0 + a1 * 0) == (0.25, 0.75) and alpha_coefs(-1) == (1.0, 0.0)
+    assert 1 / (1 + math.exp(-prior_logit(0.01))) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="prior_prob must be in"):
+        prior_logit(1.0)

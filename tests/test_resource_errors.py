@@ -53,4 +53,4 @@ def test_failing_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(failed) == 4 and all(f["status"] == "failed" and "widths" in f["reason"] for f in failed)
     assert not list((out / "runs").glob("*.json"))  # a failed run is never reused as finished
     table = (out / "table3.md").read_text()
-    assert table.count("failed: ") == 4 and (out / "report.md").exists()
+    assert table.count("failed s0: ") == 4 and (out / "report.md").exists()

@@ -33,9 +33,58 @@ def test_report_files(tmp_path):
     assert r["best"] == {"loss.gamma": 2, "loss.alpha": .25}
     text = (tmp_path / "out" / "README.md").read_text()
     assert "13 trial-epochs run vs 15 without pruning" in text and "make search" in text
-    for f in ("trials.csv", "best.yaml", "optimization_history.png", "contour_gamma_alpha.png", "trials_gamma_alpha.png"):
+    for f in ("trials.csv", "best.yaml", "optimization_history.png", "trials_gamma_alpha.png"):
         assert (tmp_path / "out" / f).stat().st_size > 0
     assert (tmp_path / "out" / "trials.csv").read_text().count("\n") == 6
+    # 4 complete trials: no contour and no importances (they would interpolate 4 points), and the README says so
+    assert not (tmp_path / "out" / "contour_gamma_alpha.png").exists()
+    assert not (tmp_path / "out" / "param_importances.png").exists()
+    assert "Not drawn: gamma x alpha contour: only 4 complete trials" in text
+    assert "Not drawn: parameter importances: only 4 complete trials" in text
+
+
+def test_contour_and_importances_from_enough_complete_trials(tmp_path):
+    from focalbench.sweeps.report import MIN_COMPLETE_CONTOUR, MIN_COMPLETE_IMPORTANCES
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    n = max(MIN_COMPLETE_CONTOUR, MIN_COMPLETE_IMPORTANCES)
+    for i in range(n):
+        g, a = 0.4 * i, 0.05 + 0.09 * i
+        study.add_trial(_trial(g, a, [1.0, 10 - (g - 2) ** 2 + a], TrialState.COMPLETE))
+    r = write_report(url, "s", tmp_path / "out")
+    assert {"contour_gamma_alpha.png", "param_importances.png"} <= set(r["plots"])
+    assert "Not drawn" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_history_shows_pruned_trials(tmp_path):
+    """The pruned trials appear in the history at their last reported value (Optuna's own plot drops them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from focalbench.sweeps import report
+
+    trials = [_trial(2, .25, [5, 9, 12], TrialState.COMPLETE), _trial(0, .9, [2], TrialState.PRUNED),
+              _trial(4, .5, [3, 4], TrialState.PRUNED)]
+    for i, t in enumerate(trials):
+        t.number = i
+    import matplotlib.axes
+
+    seen = {}
+
+    orig = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, *a, **k):
+        seen[k.get("label", "").split(" ")[0]] = (list(x), list(y))
+        return orig(self, x, y, *a, **k)
+
+    matplotlib.axes.Axes.scatter = spy
+    try:
+        report.history_plot(trials, tmp_path / "h.png")
+    finally:
+        matplotlib.axes.Axes.scatter = orig
+    assert (tmp_path / "h.png").stat().st_size > 0
+    assert seen["complete"] == ([0], [12]) and seen["pruned"] == ([1, 2], [2, 4])
 
 
 def test_paper_optimum_is_placed_on_the_right_axes():

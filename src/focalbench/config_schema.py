@@ -26,6 +26,13 @@ Decisions (the paper and the libraries leave them open):
   rejected by ``validate_config(cfg, complete=True)``, which ``train.run`` calls.
 * Unknown group options (``profile=laptop``, ``loss=focl``) fail inside Hydra's composition with a long
   message; ``check_group_choices`` checks the overrides first and says it in one line.
+* ``+key=value`` / ``++key=value`` may add only keys that some file of the app's config defines (any group
+  option: ``+loss.gamma=2`` with ``loss=ce`` then meets the loss check) or that the code reads without a
+  default in a file (``EXTRA_KEYS``); anything else (``+foo=1``, ``+trainer.max_step=5``) would be ignored by
+  the run yet change its config hash, so ``check_added_keys`` refuses it, naming the closest known key.
+  ``hydra.*`` is Hydra's (``+hydra.launcher.additional_parameters.mail-type=END`` is a documented use).
+* ``data=coco`` needs ``data.root`` from the command line: a profile made for a built-in set
+  (``profile=smoke``: ``data/shapes_smoke``) would otherwise hand its own folder to COCO (``check_data_root``).
 
 The allowed sets repeat the code's own constants (``losses.criteria._LOSSES``, ``model.backbone.BODIES``...)
 so that checking a config imports neither torchvision nor Lightning; tests/test_config_validation.py asserts
@@ -34,7 +41,11 @@ that both stay equal.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -42,7 +53,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "check_command_line",
-           "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule"]
+           "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule", "config_entries", "check_added_keys",
+           "check_data_root", "composition_error_line", "check_output_dir", "os_error_line"]
 
 P7_STRIDE = 128
 # loss name -> its parameters (conf/loss/<name>.yaml, focalbench.losses.build_classification_loss)
@@ -60,8 +72,22 @@ BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")  # model.
 NORMS = ("bn", "frozen_bn", "gn", "none")                               # model.backbone.NORMS
 OPTIMIZERS = ("sgd", "adamw")                                           # model.lit.OPTIMIZERS
 SCHEDULES = ("cosine", "step", "constant")                              # model.lit.SCHEDULES
-LOGGERS = ("csv", "wandb")                                              # tracking.LOGGERS
+LOGGERS = ("csv", "wandb", "tensorboard")                               # tracking.LOGGERS
 EVAL_BACKENDS = ("faster", "pycocotools")                               # evaluation.coco.BACKENDS
+DATASETS = ("shapes", "digits")                                         # data.build.GENERATORS
+BAD_BOXES = ("skip", "error")                                           # data.coco.BAD_BOXES
+VERIFY = ("auto", "all", "lazy")                                        # data.coco.VERIFY
+# Keys the training code reads that no config file sets (so only ``+key=`` gives them): CocoDataModule's
+# keyword arguments beyond conf/data/, and build_dataset's seed of a built-in set.
+EXTRA_KEYS = ("data.verify_images", "data.box_tolerance", "data.cache_limit_mb", "data.drop_last",
+              "data.build_args.seed")
+COCO_ROOT_HELP = "data.root is required (the COCO folder holding annotations/ and the images)"
+
+
+def _tensorboard_installed() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
 
 
 class ConfigError(ValueError):
@@ -210,6 +236,15 @@ RULES: tuple[Rule, ...] = (
     _rule("data.val_batch_size", or_null(int_at_least(1)), optional=True),
     _rule("data.num_workers", int_at_least(0), optional=True),
     _rule("data.flip_prob", num_in(0, 1), optional=True),
+    _rule("data.keep_empty", BOOL, optional=True),
+    _rule("data.cache_images", BOOL, optional=True),
+    _rule("data.bad_boxes", one_of(BAD_BOXES), optional=True),
+    _rule("data.verify_images", one_of(VERIFY), optional=True),
+    _rule("data.build", or_null(one_of(DATASETS, "built-in dataset")), optional=True),
+    _rule("data.build_args.train", int_at_least(1), optional=True),   # focalbench.data.build_dataset
+    _rule("data.build_args.val", int_at_least(1), optional=True),
+    _rule("data.build_args.size", int_at_least(32), optional=True),
+    _rule("data.build_args.seed", int_at_least(0), optional=True),
     # model (focalbench.model.build_retinanet)
     _rule("model.backbone.name", one_of(BACKBONES, "backbone")),
     _rule("model.backbone.norm", one_of(NORMS, "norm"), optional=True),
@@ -263,6 +298,17 @@ RULES: tuple[Rule, ...] = (
     _rule("trainer.val_every_n_epochs", or_null(int_at_least(0)), optional=True),
     _rule("trainer.num_threads", or_null(int_at_least(1)), optional=True),
     _rule("logger.name", one_of(LOGGERS, "logger")),
+    Rule("logger.name", lambda v: v != "tensorboard" or _tensorboard_installed(),
+         "needs the tensorboard package: pip install tensorboard (or tensorboardX)"),
+    # checkpoints and resuming (focalbench.train; not hashed)
+    _rule("checkpoint.dir", ((lambda v: isinstance(v, str) and v != ""), "must be a directory name or path"),
+          optional=True),
+    _rule("checkpoint.save_last", BOOL, optional=True),
+    _rule("checkpoint.every_n_train_steps", or_null(int_at_least(1)), optional=True),
+    _rule("checkpoint.save_top_k", one_of((-1, 0, 1)), optional=True),  # Lightning: more needs a monitor
+    _rule("ckpt_path", ((lambda v: v is None or isinstance(v, str) and v != ""),
+                        "must be null (resume from the run directory's last.ckpt if any), last, or a .ckpt path"),
+          optional=True),
     _rule("eval_backend", one_of(EVAL_BACKENDS, "evaluation backend"), optional=True),
 )
 
@@ -281,6 +327,8 @@ def validate_config(cfg: DictConfig | dict, complete: bool = False,
     if complete and isinstance(cfg, DictConfig):
         missing = sorted(OmegaConf.missing_keys(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])))
         if missing:
+            if missing[0] == "data.root":
+                raise ConfigError(f"{COCO_ROOT_HELP}: add data.root=/path/to/coco")
             raise ConfigError(f"{missing[0]}=???: a value is required (set it on the command line, "
                               f"e.g. {missing[0]}=...)")
     c = _plain(cfg)
@@ -360,27 +408,254 @@ def exit_config_error(e: ConfigError) -> None:
     raise SystemExit(2)
 
 
+# ------------------------------------------------------------------------------------------- known keys
+def _yaml_package(text: str, default: str) -> str:
+    m = re.search(r"^#\s*@package\s+(\S+)", text, re.M)
+    if not m:
+        return default
+    pkg = m.group(1)
+    return "" if pkg == "_global_" else pkg.removeprefix("_global_.")
+
+
+def _walk(node: Any, prefix: str, out: dict[str, list]) -> None:
+    if isinstance(node, dict):
+        if prefix:
+            out.setdefault(prefix, [])
+        for k, v in node.items():
+            _walk(v, f"{prefix}.{k}" if prefix else str(k), out)
+    elif prefix:
+        out.setdefault(prefix, []).append(node)
+
+
+def config_entries(primary: str | Path, group_dirs: Mapping[str, str | Path] | None = None) -> dict[str, list]:
+    """Every key that a config file of an app can set (dotted, in file order) -> the values the files give it.
+
+    ``primary`` is the app's config file (its ``defaults`` and ``hydra`` nodes left out); ``group_dirs``
+    maps a config group to its folder (default: the sub-folders next to ``primary``), whose option files
+    land under the group's name unless their ``# @package`` header says otherwise (``_global_``: the root).
+    """
+    import yaml
+
+    primary = Path(primary)
+    if group_dirs is None:
+        group_dirs = {d.name: d for d in sorted(primary.parent.iterdir()) if d.is_dir()}
+    out: dict[str, list] = {}
+    files = [(primary, "")] + [(f, str(g)) for g, d in group_dirs.items() for f in sorted(Path(d).glob("*.yaml"))]
+    for f, group in files:
+        text = f.read_text()
+        node = yaml.safe_load(text) or {}
+        if not isinstance(node, dict):
+            continue
+        node = {k: v for k, v in node.items() if k != "defaults" and not (f == primary and k == "hydra")}
+        pkg = _yaml_package(text, group)
+        for part in reversed(pkg.split(".") if pkg else []):
+            node = {part: node}
+        _walk(node, "", out)
+    return out
+
+
+def _closest(key: str, known: Sequence[str]) -> str | None:
+    """The known key a typo most likely meant: a near leaf under the same parent, the same leaf under
+    another parent, or a near dotted key."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = [k for k in known if k.rpartition(".")[0] == parent]
+    near = difflib.get_close_matches(leaf, [k.rpartition(".")[2] for k in siblings], n=1, cutoff=0.6)
+    if near:
+        return f"{parent}.{near[0]}" if parent else near[0]
+    same_leaf = [k for k in known if k.rpartition(".")[2] == leaf]
+    if same_leaf:
+        return same_leaf[0]
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
+    return near[0] if near else None
+
+
+def unknown_key_error(shown: str, value: str, known: Iterable[str]) -> ConfigError:
+    """``shown=value: unknown key (did you mean x.y?); x has: a, b, c``, over the dotted ``known`` keys."""
+    known = list(dict.fromkeys(known))
+    key = shown.lstrip("+~")
+    parent = key.rpartition(".")[0]
+    while parent and parent not in known:
+        parent = parent.rpartition(".")[0]
+    depth = parent.count(".") + 1 if parent else 0
+    children = [k.split(".")[depth] for k in known if k.count(".") == depth and (not parent or k.startswith(parent + "."))]
+    closest = _closest(key, known)
+    hint = f" (did you mean {closest}?)" if closest and closest != key else ""
+    return ConfigError(f"{shown}={value}: unknown key{hint}; {parent or 'the config'} has: "
+                       f"{', '.join(sorted(set(children)))}")  # sorted: the same whatever order the files are read
+
+
+def _parse(overrides: Sequence[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return []  # a syntax error: Hydra reports it where it parses
+
+
+def check_added_keys(overrides: Sequence[str], known: Iterable[str] | Callable[[], Iterable[str]],
+                     groups: Iterable[str] = ()) -> None:
+    """Refuse ``+key=...`` / ``++key=...`` whose key no config file of the app defines (``known``, dotted):
+    the run would ignore it, yet it would change the config hash. ``+group=option`` (a config group in
+    ``groups``) and Hydra's own ``hydra.*`` node are left to Hydra. ``known`` may be a function (called only
+    when an override adds a key)."""
+    parsed = [o for o in _parse(overrides) if (o.is_add() or o.is_force_add()) and o.package is None]
+    if not parsed:
+        return
+    known = list(known() if callable(known) else known)
+    known_set, groups = set(known), set(groups)
+    for o in parsed:
+        key = o.key_or_group
+        if key in groups or "/" in key or key.split(".")[0] == "hydra" or key in known_set:
+            continue
+        written = o.input_line or f"+{key}="
+        raise unknown_key_error(written.split("=", 1)[0], written.split("=", 1)[1] if "=" in written else "...",
+                                known)
+
+
+def dotted_keys(cfg: DictConfig | dict) -> list[str]:
+    """The dotted keys of a config (dict nodes included), in order; ``???`` values count as keys."""
+    c = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, list] = {}
+    _walk({k: v for k, v in c.items() if k != "hydra"}, "", out)
+    return list(out)
+
+
+def composition_error_line(overrides: Sequence[str], e: BaseException,
+                           compose_base: Callable[[list], Any]) -> ConfigError | None:
+    """Hydra's multi-line composition errors about one key as one line: an unknown key ("Could not override
+    'loss.gama' ... not in struct": the keys that are there, and the closest), or ``+key`` on a key that
+    exists. None for any other error. ``compose_base(overrides)`` composes without validating."""
+    text = f"{e} {e.__cause__}"
+    m = re.search(r"An item is already at '([^']+)'", text)
+    if m:
+        key = m.group(1)
+        mine = [o for o in overrides if o.startswith("+") and o.split("=", 1)[0].lstrip("+") == key]
+        value = mine[0].split("=", 1)[1] if mine and "=" in mine[0] else "..."
+        return ConfigError(f"+{key}={value}: {key} is already in the config; allowed: {key}={value} (no +) "
+                           f"or ++{key}={value}")
+    m = re.search(r"Could not override '([^']+)'", text)
+    if not m or "not in struct" not in text:
+        return None
+    key = m.group(1)
+    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("~+") == key]
+    value = mine[0].split("=", 1)[1] if mine and "=" in mine[0] else "..."
+    try:
+        base = compose_base([o for o in overrides if o not in mine])
+    except Exception:  # noqa: BLE001 - another error too: Hydra's own message then
+        return None
+    return unknown_key_error(key, value, dotted_keys(base))
+
+
+# ---------------------------------------------------------------------------------------------- data.root
+def check_data_root(cfg: DictConfig | dict, data_choice: str | None, overrides: Sequence[str],
+                    builtin_roots: Callable[[], Iterable[str]]) -> None:
+    """``data=coco`` with a ``data.root`` that a profile set for a built-in set (``profile=smoke``:
+    ``data/shapes_smoke``) and that the command line did not give: COCO would read a folder that is not
+    it. ``builtin_roots()``: the ``data.root`` values the config files give."""
+    if data_choice != "coco":
+        return
+    root = _get(_plain(cfg), "data.root")
+    if not isinstance(root, str) or root == "???":
+        return  # missing: validate_config(complete=True) says it
+    if any(o.split("=", 1)[0].lstrip("+~") == "data.root" for o in overrides):
+        return
+    if root in set(builtin_roots()):
+        raise ConfigError(f"{COCO_ROOT_HELP}: add data.root=/path/to/coco (data=coco got {root}, the folder "
+                          f"of a built-in set, from a profile)")
+
+
+# ----------------------------------------------------------------------------------------- output folders
+def _temp_name(name: str) -> bool:
+    """``.metrics.json.x1y2.tmp`` (runstore's atomic writes), ``.shapes.building-123`` (a dataset build)."""
+    return bool(re.fullmatch(r"\..+\.(tmp|building-\d+)", name))
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as one line naming the file, or the folder when the file is a temporary one that only
+    existed to be renamed (``.metrics.json.x1y2.tmp``): ``folder /runs/a: cannot write there (No space ...)``."""
+    name = e.filename
+    reason = e.strerror or str(e)
+    if name is None:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    path = Path(os.fsdecode(name))
+    for p in reversed((path, *path.parents)):  # the outermost temporary one: .x.building-1/.a.json.k2.tmp
+        if _temp_name(p.name):
+            return f"folder {p.parent}: cannot write there ({reason})"
+    return f"{path}: {reason}"
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "hydra.run.dir") -> None:
+    """Before anything is made under ``path``: its nearest existing folder must take a new file (a probe,
+    written, synced and removed); nothing is created when it cannot. ConfigError naming the folder."""
+    import tempfile
+
+    p = Path(path)
+    anc = p
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigError(f"{key}={path}: {anc} is a file, not a folder")
+    fd, probe = None, None
+    try:
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".focalbench-probe.", suffix=".tmp")
+        os.write(fd, b"\0" * 4096)
+        os.fsync(fd)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if e.errno == errno.ENOENT:  # e.g. /proc: the folder takes no new entries
+            reason = "no new files can be made there"
+        raise ConfigError(f"{key}={path}: cannot write in folder {anc} ({reason})") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if probe is not None:
+            Path(probe).unlink(missing_ok=True)
+
+
 def check_command_line(argv: Sequence[str], conf_dirs: Sequence[str | Path], compose: Callable[[list], Any],
                        rules: Sequence[Rule] = RULES, complete: bool = False,
-                       extra_groups: Mapping[str, Sequence[str]] | None = None) -> None:
+                       extra_groups: Mapping[str, Sequence[str]] | None = None,
+                       known_keys: Callable[[], Iterable[str]] | None = None,
+                       compose_base: Callable[[list], Any] | None = None) -> None:
     """A Hydra app's command line checked before Hydra makes a run directory; a config error exits with its
     one line (``exit_config_error``). Unknown group options (also inside ``-m`` sweeps) are checked first, over
-    ``conf_dirs`` (+ ``--config-dir``) and ``extra_groups``; a single run of the app's primary config is then
-    composed with ``compose(overrides)`` and validated whole against ``rules``. Everything else (``-m`` jobs,
-    ``--config-dir``/``--config-name``) is left to the app, per job; other composition errors to Hydra."""
+    ``conf_dirs`` (+ ``--config-dir``) and ``extra_groups``, then ``+key`` overrides against ``known_keys()``
+    (``check_added_keys``); a single run of the app's primary config is then composed with
+    ``compose(overrides)`` and validated whole against ``rules``, and its ``hydra.run.dir`` (when ``compose``
+    returns the hydra node) must be writable (``check_output_dir``). Unknown keys that fail the composition
+    become one line (``composition_error_line``, composing with ``compose_base``, default ``compose``).
+    Everything else (``-m`` jobs, ``--config-dir``/``--config-name``) is left to the app, per job; other
+    composition errors to Hydra."""
     from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags parse as in main
 
     args, _ = get_args_parser().parse_known_args(list(argv))
     groups = group_options([*conf_dirs, *([args.config_dir] if args.config_dir else [])])
     groups.update(extra_groups or {})
-    plain_run = not (args.multirun or args.cfg or args.info or args.help or args.hydra_help
-                     or args.shell_completion or args.config_dir or args.config_name or args.config_path
-                     or args.experimental_rerun)
+    own_config = not (args.config_dir or args.config_name or args.config_path or args.experimental_rerun)
+    plain_run = own_config and not (args.multirun or args.cfg or args.info or args.help or args.hydra_help
+                                    or args.shell_completion)
     try:
         check_group_choices(args.overrides, groups)
+        if own_config and known_keys is not None:
+            check_added_keys(args.overrides, known_keys, groups)
         if plain_run:
-            validate_config(compose(args.overrides), complete=complete, rules=rules)
+            try:
+                cfg = compose(args.overrides)
+            except ConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                line = composition_error_line(args.overrides, e, compose_base or compose)
+                if line is None:
+                    return  # any other composition error: the app reports it as Hydra does
+                raise line from None
+            validate_config(cfg, complete=complete, rules=rules)
+            run_dir = OmegaConf.select(cfg, "hydra.run.dir", throw_on_resolution_failure=False) \
+                if isinstance(cfg, DictConfig) else None
+            if isinstance(run_dir, str) and run_dir:
+                check_output_dir(run_dir, "hydra.run.dir")
     except ConfigError as e:
         exit_config_error(e)
-    except Exception:  # noqa: BLE001 - any other composition error: the app reports it as Hydra does
+    except Exception:  # noqa: BLE001 - any other error: the app reports it as Hydra does
         pass

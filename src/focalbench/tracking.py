@@ -1,13 +1,17 @@
-"""Loggers of a training run: CSV always, W&B with ``logger=wandb`` (offline unless ``WANDB_MODE=online``).
+"""Loggers of a training run: CSV always, W&B with ``logger=wandb`` (offline unless ``WANDB_MODE=online``),
+TensorBoard with ``logger=tensorboard`` (needs the ``tensorboard`` or ``tensorboardX`` package).
 
-W&B rules: one W&B run per job, rank zero only, grouped by ``tags.group``, the resolved config
-attached, ``metrics.json`` in the summary and as a file, and ``wandb.finish()`` at the end of every job so
-the next job of a multirun does not log into a finished run.
+W&B rules: one W&B run per job, rank zero only, named, grouped and tagged by ``run_identity`` (the table, row
+and seed of a reproduction; otherwise the run's override set, grouped by its Optuna study or Hydra sweep),
+the resolved config attached, ``metrics.json`` in the summary and as a file, and ``wandb.finish()`` at the
+end of every job so the next job of a multirun does not log into a finished run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,27 +19,114 @@ from typing import Any, Mapping, Sequence
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-LOGGERS = ("csv", "wandb")
+LOGGERS = ("csv", "wandb", "tensorboard")
+# Overrides that say where and how a run is recorded (or where its data lies), not what it computes: left out
+# of its W&B name. ``profile=...`` is a W&B tag instead (every run of a sweep or table shares it).
+UNNAMED_OVERRIDES = ("hydra.", "tags.", "logger", "optuna.", "save_weights", "checkpoint", "ckpt_path",
+                     "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_checkpointing",
+                     "data.root", "profile")
+WANDB_ID_FILE = "wandb_run_id"  # in the run directory: a resumed run logs into the same W&B run
 
 
-def make_loggers(logger_cfg: Mapping[str, Any], run_dir: str | Path, config: dict, tags: Mapping[str, Any],
-                 run_name: str | None = None) -> list[Logger]:
-    """``[CSVLogger]`` (+ ``WandbLogger``). ``config`` is the resolved config (a plain dict)."""
+class LoggerUnavailable(RuntimeError):
+    """``logger=...`` needs a package this environment lacks; the message (one line) says which."""
+
+
+def check_logger(logger_cfg: Mapping[str, Any]) -> None:
+    """Fail in one line, before any data or model is built, when the chosen logger cannot be made here."""
     name = logger_cfg.get("name", "csv")
     if name not in LOGGERS:
         raise ValueError(f"logger.name must be one of {LOGGERS}, got {name!r}")
+    if name == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise LoggerUnavailable("logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                                "(or tensorboardX), or use logger=csv / logger=wandb")
+    if name == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise LoggerUnavailable("logger=wandb needs the wandb package: pip install wandb")
+
+
+# -------------------------------------------------------------------------------------- W&B run identity
+def _override_key(o: str) -> str:
+    return o.split("=", 1)[0].lstrip("+~")
+
+
+def naming_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that say what a run computes (``UNNAMED_OVERRIDES`` left out), in command-line order."""
+    return [str(o) for o in overrides if not _override_key(str(o)).startswith(UNNAMED_OVERRIDES)]
+
+
+def run_identity(overrides: Sequence[str], tags: Mapping[str, Any], seed: int, *, study: str | None = None,
+                 sweep_dir: str | None = None, profile: str | None = None, loss: str | None = None) -> dict:
+    """The W&B ``name``, ``group``, ``job_type`` and ``tags`` of one run.
+
+    * name: ``tags.name`` when given; for a reproduction run (``tags.job_type=reproduce`` or ``tags.row``)
+      ``<table>/<row>/seed=<seed>``, the row being ``tags.row`` or else the row's overrides; otherwise the
+      override set, e.g. ``loss=focal,loss.gamma=2.0,seed=1`` (``defaults`` when there is none).
+    * group: ``tags.group`` (the reproduction: ``table1a``), else the Optuna study (``optuna.study_name``), else
+      the Hydra multirun's sweep directory (its last two path parts: ``2024-05-01/18-34-02``), else none.
+    * job_type: ``tags.job_type``, else ``study`` / ``sweep`` / ``train``.
+    * tags: ``profile=...``, ``loss=...``, ``seed=...`` and the group.
+    """
+    named = naming_overrides(overrides)
+    group = tags.get("group") or study or (_sweep_group(sweep_dir) if sweep_dir else None)
+    job_type = tags.get("job_type") or ("study" if study else "sweep" if sweep_dir else "train")
+    if tags.get("name"):
+        name = str(tags["name"])
+    elif tags.get("row") or job_type == "reproduce":
+        row = tags.get("row") or ",".join(o for o in named if _override_key(o) != "seed") or "defaults"
+        name = "/".join(str(p) for p in (tags.get("group"), row, f"seed={seed}") if p)
+    else:
+        name = ",".join(named) or "defaults"
+    wandb_tags = [t for t in (profile and f"profile={profile}", loss and f"loss={loss}", f"seed={seed}", group)
+                  if t]
+    return {"name": name, "group": None if group is None else str(group), "job_type": str(job_type),
+            "tags": [str(t)[:64] for t in wandb_tags]}  # W&B rejects tags over 64 characters
+
+
+def _sweep_group(sweep_dir: str) -> str:
+    return "/".join(Path(str(sweep_dir)).parts[-2:])
+
+
+def wandb_run_id(run_dir: str | Path, resume: bool) -> str:
+    """A new W&B run id, kept in ``<run dir>/wandb_run_id``; a resumed run reuses the one kept there."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if resume and path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:8]
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+# ----------------------------------------------------------------------------------------------- loggers
+def make_loggers(logger_cfg: Mapping[str, Any], run_dir: str | Path, config: dict, tags: Mapping[str, Any],
+                 run_name: str | None = None, identity: Mapping[str, Any] | None = None,
+                 run_id: str | None = None) -> list[Logger]:
+    """``[CSVLogger]`` (+ ``WandbLogger`` or ``TensorBoardLogger``). ``config`` is the resolved config (a plain
+    dict); ``identity`` the W&B name/group/job_type/tags (``run_identity``; default: ``run_name`` and the
+    group and job type of ``tags``); ``run_id`` the W&B run id (default: a new one)."""
+    check_logger(logger_cfg)
+    name = logger_cfg.get("name", "csv")
     loggers: list[Logger] = [CSVLogger(str(run_dir), name="csv", version=0)]
-    if name == "wandb":
+    if name == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        # <run dir>/tensorboard/: `tensorboard --logdir outputs` lists every run by its directory
+        tb = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+        tb.log_hyperparams(config)
+        loggers.append(tb)
+    elif name == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
         mode = logger_cfg.get("mode") or "offline"
         if mode not in ("offline", "online", "disabled"):
             raise ValueError(f"logger.mode must be offline, online or disabled, got {mode!r}")
+        ident = dict(identity or {"name": run_name, "group": tags.get("group"), "job_type": tags.get("job_type")})
         # a fixed id lets the launching process reopen the same run after spawned DDP children trained
-        loggers.append(WandbLogger(project=logger_cfg.get("project", "focalbench"), entity=logger_cfg.get("entity"),
-                                   save_dir=str(run_dir), mode=mode, group=tags.get("group"),
-                                   job_type=tags.get("job_type"), name=run_name, id=uuid.uuid4().hex[:8],
-                                   config=config, resume="allow"))
+        wl = WandbLogger(project=logger_cfg.get("project", "focalbench"), entity=logger_cfg.get("entity"),
+                         save_dir=str(run_dir), mode=mode, group=ident.get("group"), job_type=ident.get("job_type"),
+                         name=ident.get("name"), tags=ident.get("tags") or None, id=run_id or uuid.uuid4().hex[:8],
+                         config=config, resume="allow")
+        wl._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None: W&B warns on every run
+        loggers.append(wl)
     return loggers
 
 
@@ -53,11 +144,13 @@ def finish_wandb(loggers: Sequence[Logger], metrics: Mapping[str, Any] | None, m
             if wandb.run is None:  # training ran in spawned children: reopen the same run
                 wandb.init(id=wl.version, resume="allow", project=wl.name, dir=wl.save_dir,
                            mode=wl._wandb_init.get("mode", "offline"), group=wl._wandb_init.get("group"),
-                           job_type=wl._wandb_init.get("job_type"))
+                           job_type=wl._wandb_init.get("job_type"), name=wl._wandb_init.get("name"),
+                           tags=wl._wandb_init.get("tags"))
             wandb.run.summary.update({f"final/{k}": v for k, v in metrics.items()
                                       if isinstance(v, (int, float, str, bool)) or v is None})
-            if metrics_path is not None and Path(metrics_path).exists():
-                wandb.save(str(metrics_path), base_path=str(Path(metrics_path).parent), policy="now")
+            if metrics_path is not None and Path(metrics_path).exists() and getattr(wandb.run, "dir", None):
+                # a copy in the run's files/ (synced at finish); wandb.save would symlink it and warn about that
+                shutil.copy2(metrics_path, Path(wandb.run.dir) / Path(metrics_path).name)
     finally:
         wandb.finish()
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,20 +24,22 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import (ConfigError, check_command_line, check_group_choices, exit_config_error,
-                                      validate_config)
+from focalbench.config_schema import (EXTRA_KEYS, ConfigError, check_added_keys, check_command_line,
+                                      check_data_root, check_group_choices, composition_error_line,
+                                      config_entries, exit_config_error, os_error_line, validate_config)
 from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
+from focalbench.paths import CONF_DIR  # the package's conf/, or $FOCALBENCH_CONF
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(os.environ.get("FOCALBENCH_CONF", Path(__file__).resolve().parents[2] / "conf"))
 # Keys that say where and how a run is recorded, not what it computes: left out of the config hash.
 # ``trainer.num_threads`` IS hashed: CPU kernels split their reductions by thread, so the same config at 1
 # and 2 threads trains to different weights (measured: AP 6.2 vs 10.7 for one row of the cpu profile);
 # at a fixed thread count a rerun is bit-identical (tests/test_determinism.py).
-NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights")
+# ``checkpoint`` / ``ckpt_path``: how often a run is saved and where it resumes from (tests/test_checkpoint_resume.py).
+NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights", "checkpoint", "ckpt_path")
 NON_HASHED_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_checkpointing")
 SUMMARY_FILE = "train_summary.json"
 
@@ -60,35 +63,33 @@ def _compose(overrides: list[str], validate: bool) -> DictConfig:
     if not validate:
         return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
     loader = GlobalHydra.instance().config_loader()
-    check_group_choices(overrides, {g: loader.get_group_options(g) for g in loader.list_groups("")})
+    groups = {g: loader.get_group_options(g) for g in loader.list_groups("")}
+    check_group_choices(overrides, groups)
+    check_added_keys(overrides, known_keys, groups)  # +foo=1 would change the hash and nothing else
     try:
         cfg = hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
     except ConfigCompositionException as e:
-        one_line = _unknown_key(overrides, e)
+        one_line = composition_error_line(
+            overrides, e, lambda ov: hydra.compose(config_name="train", overrides=ov))  # unknown key: one line
         if one_line is None:
             raise
         raise one_line from None
-    return validate_config(cfg)
+    validate_config(cfg)
+    check_data_root(cfg, OmegaConf.select(cfg, "hydra.runtime.choices.data"), overrides, builtin_roots)
+    return cfg
 
 
-def _unknown_key(overrides: list[str], e: Exception) -> ConfigError | None:
-    """Hydra's "Could not override 'loss.gama' ... not in struct" (six lines) as one line listing the keys
-    that are there; None for any other composition error."""
-    m = re.search(r"Could not override '([^']+)'", str(e))
-    if not m or "not in struct" not in f"{e} {e.__cause__}":
-        return None
-    key = m.group(1)
-    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("~") == key]
-    value = mine[0].split("=", 1)[1] if mine and "=" in mine[0] else "..."
-    try:
-        base = hydra.compose(config_name="train", overrides=[o for o in overrides if o not in mine])
-    except Exception:  # noqa: BLE001 - another error too: Hydra's own message then
-        return None
-    parent = key.rpartition(".")[0]
-    while parent and not isinstance(OmegaConf.select(base, parent), DictConfig):
-        parent = parent.rpartition(".")[0]
-    keys = ", ".join(map(str, (OmegaConf.select(base, parent) if parent else base).keys()))
-    return ConfigError(f"{key}={value}: unknown key; {parent or 'the config'} has: {keys}")
+def known_keys() -> list[str]:
+    """What ``+key=`` may add: every key a file of conf/ sets (any group option) and the code's EXTRA_KEYS."""
+    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
+    return [*config_entries(CONF_DIR / "train.yaml", groups), *EXTRA_KEYS]
+
+
+def builtin_roots() -> list[str]:
+    """The ``data.root`` folders conf/ names (built-in sets, profiles): never a COCO root by default."""
+    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
+    values = config_entries(CONF_DIR / "train.yaml", groups).get("data.root", [])
+    return [v for v in values if isinstance(v, str) and v != "???"]
 
 
 def run_config_for_hash(cfg: DictConfig) -> dict:
@@ -201,12 +202,141 @@ def _pruning_callbacks(cfg: DictConfig) -> list:
     return [OptunaPruningCallback(cfg.optuna, monitor="val/AP")]
 
 
+# --------------------------------------------------------------------------------------------- checkpoints
+class CheckpointError(DataError):
+    """A checkpoint to resume from that is missing or belongs to another config (one line)."""
+
+
+def checkpoint_dir(cfg: DictConfig, out: Path) -> Path:
+    """``checkpoint.dir``, relative to the run directory ``out`` (default ``<run dir>/checkpoints``)."""
+    d = Path(str(OmegaConf.select(cfg, "checkpoint.dir", default=None) or "checkpoints"))
+    return d if d.is_absolute() else out / d
+
+
+def _checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
+    last = ckpt_dir / "last.ckpt"
+    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+    return ([last] if last.exists() else []) + others
+
+
+def _read_checkpoint_info(path: Path) -> dict | None:
+    """``global_step`` and our ``focalbench`` entry of a Lightning checkpoint; None if it cannot be read."""
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # not a zip file (an old format): read it whole
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: the caller tries the next one
+        return None
+    return {"global_step": int(ckpt.get("global_step", 0)), **(ckpt.get("focalbench") or {})}
+
+
+def resolve_ckpt_path(cfg: DictConfig, out: Path, run_hash: str) -> tuple[Path | None, dict]:
+    """The checkpoint ``trainer.fit`` resumes from, and its info (``global_step``, ``config_hash``).
+
+    ``ckpt_path`` null: the newest readable checkpoint of ``checkpoint_dir`` (``last.ckpt`` first), if any, so
+    that rerunning a killed command in the same run directory continues it; ``last``: the same, required; a
+    path: that file. A checkpoint found in the run directory that another config saved is refused (a reused
+    run directory must not continue someone else's run); a path given explicitly only logs a warning.
+    """
+    spec = cfg.get("ckpt_path")
+    ckpt_dir = checkpoint_dir(cfg, out)
+    if spec is None or str(spec) == "last":
+        for path in _checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []:
+            info = _read_checkpoint_info(path)
+            if info is None:
+                log.warning("checkpoint %s cannot be read; trying an older one", path)
+                continue
+            if info.get("config_hash") not in (None, run_hash):
+                raise CheckpointError(
+                    f"{path}: saved by another config (hash {info['config_hash']}, this run {run_hash}); use another "
+                    f"run directory (hydra.run.dir=...), or ckpt_path={path} to load it anyway")
+            return path, info
+        if spec is not None:
+            raise CheckpointError(f"ckpt_path=last: no readable checkpoint in {ckpt_dir}; give the killed run's "
+                                  f"directory (hydra.run.dir=...) or ckpt_path=/path/to/file.ckpt")
+        return None, {}
+    path = Path(str(spec)).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={spec}: no such file")
+    info = _read_checkpoint_info(path)
+    if info is None:
+        raise CheckpointError(f"ckpt_path={spec}: not a readable checkpoint")
+    if info.get("config_hash") not in (None, run_hash):
+        log.warning("%s was saved by another config (hash %s, this run %s)", path, info["config_hash"], run_hash)
+    return path, info
+
+
+def _checkpoint_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
+    if not cfg.trainer.enable_checkpointing:
+        return []
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    c = cfg.get("checkpoint") or {}
+    every = c.get("every_n_train_steps")
+    # step-N.ckpt (no "=": a path given back as ckpt_path=... must parse as a Hydra override) and last.ckpt, one
+    # name each (no last-v1.ckpt when a moved run directory resumes); saved at the end of every
+    # training epoch (never inside a validation pass, where the EMA weights are swapped in) or every N steps
+    return [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", auto_insert_metric_name=False,
+                            save_last=bool(c.get("save_last", True)),
+                            save_top_k=int(c.get("save_top_k", 1)), every_n_train_steps=int(every) if every else None,
+                            save_on_train_epoch_end=True, enable_version_counter=False)]
+
+
+def _continue_csv_log(csv_logger, from_step: int) -> None:
+    """A resumed run continues the killed run's ``metrics.csv``: Lightning's CSV writer deletes the file when
+    it starts, so its rows before ``from_step`` (the steps after it are trained again) are written back first."""
+    import csv
+
+    path = Path(csv_logger.log_dir) / "metrics.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+        rows = [r for r in rows if not str(r.get("step", "")).isdigit() or int(r["step"]) < from_step]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        writer = csv_logger.experiment  # removes the old file
+    if rows:
+        writer.metrics = rows + writer.metrics
+        writer.save()
+
+
+# ------------------------------------------------------------------------------------------------ logging
+def _one_line_per_log_record() -> None:
+    """``import lightning`` gives the ``lightning`` logger its own stderr handler *and* lets it propagate: where
+    the root logger has handlers (Hydra's console and job log file) every Lightning line printed twice. Keep
+    the root's only; with no root handlers (a bare script) Lightning's own stay."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in [h for h in lg.handlers if type(h) is logging.StreamHandler]:
+            lg.removeHandler(h)
+        lg.propagate = True
+
+
+def _wandb_identity(cfg: DictConfig, overrides: list[str]) -> dict:
+    """W&B name/group/job_type/tags (``tracking.run_identity``), from the config and Hydra's run mode."""
+    from focalbench.tracking import run_identity
+
+    hc = cfg.hydra if "hydra" in cfg else (HydraConfig.get() if HydraConfig.initialized() else None)
+    multirun = hc is not None and OmegaConf.select(hc, "mode") == RunMode.MULTIRUN
+    sweep_dir = str(OmegaConf.select(hc, "sweep.dir")) if multirun else None
+    profile = OmegaConf.select(hc, "runtime.choices.profile") if hc is not None else None
+    return run_identity(overrides, OmegaConf.to_container(cfg.tags, resolve=True), int(cfg.seed),
+                        study=cfg.optuna.get("study_name"), sweep_dir=sweep_dir, profile=profile,
+                        loss=str(cfg.loss.name))
+
+
 # ---------------------------------------------------------------------------------------------------- run
 def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
     """Train and evaluate one config; write and return its metrics (the keys: docs/outputs.md)."""
     import lightning as L
 
-    from focalbench.tracking import finish_wandb, make_loggers, read_json
+    from focalbench.tracking import finish_wandb, make_loggers, read_json, wandb_run_id
+
+    _one_line_per_log_record()
 
     validate_config(cfg, complete=True)  # before any directory, data or model is made
     from focalbench.model.backbone import check_weights
@@ -215,6 +345,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     overrides = _overrides(cfg)
+    identity = _wandb_identity(cfg, overrides)  # before the hydra node goes
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics: dict[str, Any] = {"status": "failed", **{k: 0.0 for k in STAT_NAMES}, "seed": int(cfg.seed),
@@ -223,6 +354,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
                                "images_per_second": 0.0, "peak_memory_mb": 0.0, "anchors_per_image": None}
     metrics_path = out / "metrics.json"
     summary_path = out / SUMMARY_FILE
+    ckpt_dir = checkpoint_dir(cfg, out)
+    resume_from, resume_info = resolve_ckpt_path(cfg, out, metrics["config_hash"])  # or one line (exit 2)
     t_start = time.perf_counter()
     loggers: list = []
     is_zero = env_rank_zero()  # until the Trainer says (an error before it exists is written once)
@@ -237,11 +370,21 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
         dm.prepare_data()
         dm.setup("fit")
         module = build_module(cfg, int(dm.num_classes), schedule, str(summary_path))
-        loggers = make_loggers(cfg.logger, out, resolved, cfg.tags, run_name=out.name)
-        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers, _ema_callbacks(cfg) + _pruning_callbacks(cfg))
+        module.config_hash = metrics["config_hash"]  # saved in each checkpoint: resume checks it
+        run_id = wandb_run_id(out, resume=resume_from is not None) if cfg.logger.name == "wandb" and is_zero else None
+        loggers = make_loggers(cfg.logger, out, resolved, cfg.tags, identity=identity, run_id=run_id)
+        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers,
+                                _ema_callbacks(cfg) + _pruning_callbacks(cfg) + _checkpoint_callbacks(cfg, ckpt_dir))
         is_zero = trainer.is_global_zero
+        if resume_from is not None:
+            log.info("resuming from %s (step %d)", resume_from, resume_info["global_step"])
+            if is_zero:
+                _continue_csv_log(loggers[0], resume_info["global_step"])
         try:
-            trainer.fit(module, datamodule=dm)
+            with warnings.catch_warnings():
+                if resume_from is not None:  # the killed run's checkpoints are continued on purpose
+                    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
         finally:
             # spawn launchers train in children: this process then only sees what rank zero wrote
             trained_here = trainer.global_step > 0
@@ -254,6 +397,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
             trainer.validate(module, datamodule=dm, verbose=False)  # the final evaluation always runs
             summary = module.summary if trained_here else (read_json(summary_path) or summary)
         metrics.update(_train_metrics(summary))
+        if trained_here and trainer.checkpoint_callback is not None and not summary["diverged"] \
+                and trainer.checkpoint_callback.save_last:
+            # the finished state, evaluated: rerunning a finished command only rewrites its metrics
+            trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
         if summary["diverged"]:
             metrics.update(status="diverged", reason=summary["reason"], **{k: 0.0 for k in STAT_NAMES})
         else:
@@ -263,6 +410,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
             metrics.update(status="pruned", reason=str(e) or "pruned by the Optuna pruner")
             val = (read_json(summary_path) or {}).get("val") or {}
             metrics.update({k: float(val.get(k, 0.0)) for k in STAT_NAMES})
+        elif isinstance(e, (Interrupted, KeyboardInterrupt)):
+            metrics.update(status="failed", reason=str(e) if isinstance(e, Interrupted) else "interrupted (SIGINT)")
         else:
             metrics.update(status="failed", reason=f"{type(e).__name__}: {e}".splitlines()[0][:500])
         metrics["wall_seconds"] = round(time.perf_counter() - t_start, 3)
@@ -302,6 +451,8 @@ def _train_metrics(s: dict) -> dict:
          "gt_boxes_without_anchor": int(s.get("gt_no_anchor") or 0), "world_size": int(s.get("world_size") or 1)}
     # GT boxes (counted once per training batch they appear in) that no anchor overlaps at IoU >= fg_iou
     m["gt_without_anchor_fraction"] = round(m["gt_boxes_without_anchor"] / m["gt_boxes"], 4) if m["gt_boxes"] else 0.0
+    if s.get("resumed_from_step") is not None:  # resumed from a checkpoint saved at this step
+        m["resumed_from_step"] = int(s["resumed_from_step"])
     if s.get("ohem_nms_removed") is not None:
         m["ohem_nms_removed"] = s["ohem_nms_removed"]
     if s.get("val"):
@@ -320,28 +471,62 @@ def _is_pruned(e: BaseException) -> bool:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Hydra task: returns val AP (the value sweepers optimise)."""
+    hc = HydraConfig.get()
     try:
         validate_config(cfg, complete=True)
+        check_data_root(cfg, hc.runtime.choices.get("data"), list(hc.overrides.task), builtin_roots)
     except ConfigError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if hc.mode == RunMode.MULTIRUN:
             raise  # one failed job: the sweeper records it and decides
         exit_config_error(e)
     try:
-        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
-    except (DataError, OSError) as e:  # bad data, missing dataset, unwritable/full disk: metrics.json says so too
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
+        metrics = run(cfg, hc.runtime.output_dir)
+    except Interrupted as e:  # metrics.json says "interrupted (SIGINT)"; the exit status says it as a shell does
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except (DataError, OSError) as e:  # bad data, missing dataset, unwritable/full disk: metrics.json says so too
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {e if isinstance(e, DataError) else os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, DataError) else 1)
     return float(metrics["AP"])
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM to ``python -m focalbench.train``: the run records ``interrupted (SIGINT)`` and the
+    process exits 128 + the signal's number (130, 143), as a shell reports it. Not a KeyboardInterrupt:
+    Lightning turns that, inside ``fit``, into ``exit(1)``; any other exception it re-raises after teardown."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"interrupted ({signal.Signals(self.signum).name})")
+
+
+def _interrupt_handlers() -> None:
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:  # a forked data-loader worker: its parent reports the signal
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: Python's own behaviour
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cli() -> None:
-    """``python -m focalbench.train``: config errors as one line on stderr (exit code 2), before Hydra makes a
-    run directory (``config_schema.check_command_line``); ``-m`` jobs and other config dirs are validated by
-    ``main``, per job."""
-    check_command_line(sys.argv[1:], [CONF_DIR], compose, complete=True)
-    main()
+    """``python -m focalbench.train``: config errors (also unknown ``+key``s and an unwritable run folder) as
+    one line on stderr (exit code 2), before Hydra makes a run directory (``config_schema.check_command_line``);
+    ``-m`` jobs and other config dirs are validated by ``main``, per job. SIGINT / SIGTERM: exit 130 / 143."""
+    _interrupt_handlers()
+    try:
+        check_command_line(sys.argv[1:], [CONF_DIR], compose, complete=True, known_keys=known_keys)
+        main()
+    except Interrupted as e:  # before or after the run (during a run main says it)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
 
 
 if __name__ == "__main__":

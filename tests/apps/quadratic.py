@@ -2,7 +2,9 @@
 
 Options: ``sleep`` (seconds per job), ``fail`` (raise), ``return_none``, ``report_steps`` (report
 ``(x - 2)^2 + y`` at steps 0..n-1 through focalbench.sweeps.trial.TrialReporter, so a pruner can
-prune the job), ``log_dir`` (append one line per job: trial number and overrides, for the tests).
+prune the job), ``log_dir`` (append one line per job: trial number and overrides, for the tests),
+``diverge`` (``metrics``: write metrics.json with status "diverged" into the job's output dir and return
+0.0, as focalbench.train does; ``attr``: mark the trial diverged through TrialReporter.mark_diverged).
 """
 
 import json
@@ -23,6 +25,7 @@ ConfigStore.instance().store(
         "return_none": False,
         "report_steps": 0,
         "log_dir": None,
+        "diverge": None,
         # Filled by the Optuna sweeper; null outside a sweep (as in conf/train.yaml).
         "optuna": {"storage": None, "study_name": None, "trial_number": None},
     },
@@ -44,6 +47,16 @@ def main(cfg) -> object:
         reporter = TrialReporter(cfg.optuna)
         for step in range(cfg.report_steps):
             reporter.report_and_prune(value, step)
+    if cfg.diverge == "metrics":
+        out = HydraConfig.get().runtime.output_dir
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump({"status": "diverged", "reason": "non-finite loss at step 3", "AP": 0.0}, f)
+        return 0.0
+    if cfg.diverge == "attr":
+        from focalbench.sweeps.trial import TrialReporter
+
+        TrialReporter(cfg.optuna).mark_diverged("non-finite loss at step 3")
+        return 0.0
     time.sleep(cfg.sleep)
     if cfg.fail:
         raise RuntimeError("failing on purpose")

@@ -12,10 +12,11 @@ normaliser would rescale the loss by up to 2,000x from one step to the next.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
+
+from focalbench.losses import build_classification_loss
 
 DETECTION_ONLY = ("ohem", "ohem_1to3")
 CLASSIFICATION_LOSSES = ("ce", "alpha_ce", "focal", "focal_star", "softmax_focal")
@@ -26,41 +27,9 @@ def build_criterion(name: str | None = None, **params: Any):
     if name in DETECTION_ONLY:
         raise ValueError(f"loss={name}: detection-only (it selects anchors by box NMS); allowed here: "
                          f"{', '.join(CLASSIFICATION_LOSSES)}")
-    try:
-        from focalbench.losses import build_classification_loss
-    except ImportError:  # the losses package is not there yet: torchvision stand-in (ce, alpha_ce, focal)
-        return _TorchvisionStandIn(name, **params)
     return build_classification_loss(name=name, **params)
 
 
 def sample_losses(criterion, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-sample losses ``(N,)`` from logits ``(N, C)`` and labels ``(N,)`` (class index or -1)."""
     return criterion.per_anchor(logits[:, None, :], labels[:, None])[:, 0]
-
-
-class _TorchvisionStandIn(torch.nn.Module):
-    """Sigmoid losses from ``torchvision.ops.sigmoid_focal_loss``, used only until focalbench.losses exists."""
-
-    _PARAMS = {"ce": (0.0, -1.0), "alpha_ce": (0.0, None), "focal": (None, None)}
-
-    def __init__(self, name, gamma: float = 2.0, alpha: float = 0.25, **extra):
-        super().__init__()
-        if name not in self._PARAMS or extra:
-            raise ValueError(f"loss={name} {extra or ''}: the stand-in supports only ce, alpha_ce, focal")
-        g, a = self._PARAMS[name]
-        self.gamma = g if g is not None else float(gamma)
-        self.alpha = a if a is not None else float(alpha)
-
-    def logits_per_anchor(self, num_classes: int) -> int:
-        return num_classes
-
-    def prior_bias(self, prior_prob: float, num_classes: int) -> float:
-        return -math.log((1 - prior_prob) / prior_prob)
-
-    def per_anchor(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        from torchvision.ops import sigmoid_focal_loss
-
-        target = torch.zeros_like(logits)
-        fg = labels >= 0
-        target[fg, labels[fg]] = 1.0
-        return sigmoid_focal_loss(logits, target, self.alpha, self.gamma, "none").sum(-1)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from focalbench.classify.plan import grid, storage_for, study_name
 from focalbench.runstore import RunStore, atomic_write_text
 
 COLUMNS = [("AP", "AP", True), ("ROC_AUC", "ROC AUC", True), ("recall_at_fpr", "recall@FPR", True),
@@ -30,8 +31,6 @@ BASELINES = ("ce", "alpha_ce")
 
 def collect(sweep: dict, table: str, out_dir: Path) -> dict:
     """{(ratio, row, seed): metrics} of the finished trials of one sub-table."""
-    from .study import grid, storage_for, study_name
-
     store = RunStore(out_dir / "runs")
     try:
         study = optuna.load_study(study_name=study_name(table), storage=storage_for(out_dir))

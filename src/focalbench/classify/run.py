@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from focalbench.config_schema import validate_config
+from focalbench.paths import PACKAGE_DIR
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 from .criterion import build_criterion
@@ -23,7 +24,7 @@ from .data import build_splits
 from .metrics import classification_metrics
 from .schema import CLASSIFY_RULES
 
-CONF_ROOT = Path(__file__).resolve().parents[3] / "conf"  # repo's conf/ (src layout, editable install)
+CONF_ROOT = PACKAGE_DIR / "conf"  # the package's conf/ (shipped in the wheel; a link to the repo's conf/ in the source tree)
 CONF_DIR = CONF_ROOT / "classify"
 # conf/classify/config.yaml adds conf/ to Hydra's search path through this resolver, so `loss=` selects
 # from the shared conf/loss/ group exactly as detection runs do, whatever the working directory.
@@ -35,8 +36,9 @@ _NOT_HASHED = ("optuna", "tags", "csv_log", "hydra")
 _NOT_HASHED_TRAINER = ("progress_bar", "threads")
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The run config for ``overrides`` (Hydra compose API), as ``python -m focalbench.classify`` sees it."""
+def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The run config for ``overrides`` (Hydra compose API), as ``python -m focalbench.classify`` sees it
+    (``return_hydra_config``: with its ``hydra`` node, e.g. ``hydra.run.dir``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -45,7 +47,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     if gh.is_initialized():
         gh.clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
     return cfg
 
 

@@ -11,6 +11,8 @@ from focalbench.config_schema import (LOSS_RULES, Rule, _get, _is_num, _rule, _s
 
 DATA_KINDS = ("tabular", "digits")  # classify.data.build_splits
 ARCHS = ("mlp", "cnn")              # classify.run._build_net
+# classify.criterion.CLASSIFICATION_LOSSES: the OHEM variants select anchors by box NMS (detection only)
+LOSSES = ("ce", "alpha_ce", "focal", "focal_star", "softmax_focal")
 
 
 def _ratio(v, cfg) -> bool:
@@ -39,5 +41,8 @@ CLASSIFY_RULES: tuple[Rule, ...] = (
     _rule("trainer.threads", or_null(int_at_least(1)), optional=True),
     _rule("metrics.fpr", num_in(0, 1, open_lo=True, open_hi=True), optional=True),
     _rule("metrics.ece_bins", int_at_least(1), optional=True),
+    Rule("loss.name", lambda v: v in LOSSES,
+         lambda c: f"loss={_show(_get(c, 'loss.name'))} is not a loss of the classification app (the OHEM variants "
+                   f"select anchors by box NMS: detection only); allowed: {', '.join(LOSSES)}"),
     *LOSS_RULES,
 )

@@ -27,10 +27,12 @@ from pathlib import Path
 import optuna
 import yaml
 
+from focalbench.paths import SWEEPS_DIR
+from focalbench.classify.plan import grid, storage_for, study_name
+from focalbench.classify.report import write_report
 from focalbench.runstore import RunStore, atomic_write_json, config_hash
 
-REPO = Path(__file__).resolve().parents[3]
-SWEEP = REPO / "sweeps" / "imbalance.yaml"
+SWEEP = SWEEPS_DIR / "imbalance.yaml"
 
 
 def load_sweep(path: str | Path = SWEEP, profile: str = "cpu") -> dict:
@@ -46,15 +48,6 @@ def load_sweep(path: str | Path = SWEEP, profile: str = "cpu") -> dict:
             row["search"]["n_trials"] = prof["search_trials"]
     sweep["profile"] = profile
     return sweep
-
-
-def storage_for(out_dir: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = str(out_dir / "study.journal")
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
 
 
 def _quiet() -> None:
@@ -155,16 +148,6 @@ class Runner:
 
 
 # --- the study ----------------------------------------------------------------------------------------
-
-def study_name(table: str) -> str:
-    return f"imbalance-{table}"
-
-
-def grid(sweep: dict) -> list[dict]:
-    """Fixed params of every trial, seed-major (a worker reuses one seed's data pool for many trials)."""
-    return [{"ratio": r, "row": row["key"], "seed": s}
-            for s in range(sweep["seeds"]) for r in sweep["ratios"] for row in sweep["rows"]]
-
 
 def prepare(sweep: dict, table: str, out_dir: Path) -> tuple[optuna.Study, int]:
     """Create/load the study, fail stale RUNNING trials, enqueue missing grid points; returns (study, todo)."""
@@ -280,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the sweep file's)")
     ap.add_argument("--tables", nargs="+", default=None, help="sub-tables: tabular, digits")
     ap.add_argument("--workers", type=int, default=2, help="worker processes, one torch thread each")
-    ap.add_argument("--results", default=str(REPO / "results"), help="results root (default: repo results/)")
+    ap.add_argument("--results", default="results", help="results root (default: results/ of the working directory)")
     ap.add_argument("--sweep", default=str(SWEEP), help="sweep file")
     ap.add_argument("--report-only", action="store_true", help="rebuild tables/figures/report from the cache")
     ap.add_argument("--no-progress", action="store_true")
@@ -302,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         log_invocation(out_dir, {"command": command.strip(), "started": started, "wall_seconds": round(wall, 1),
                                  "new_runs": len(RunStore(out_dir / "runs").keys()) - n_before,
                                  "workers": args.workers, "hardware": hardware()})
-    from .report import write_report
-
     verdicts = write_report(sweep, tables, out_dir, command=command.strip(), wall_seconds=wall,
                             timings=timings, hardware=hardware(), workers=args.workers)
     for table, v in verdicts.items():

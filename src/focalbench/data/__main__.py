@@ -24,14 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     args = parser.parse_args(argv)
 
+    from focalbench.config_schema import ConfigError, check_output_dir, os_error_line
+
     out = os.path.join(args.root, args.name)
     start = time.perf_counter()
     try:
+        check_output_dir(args.root, "--root")  # an unwritable folder: one line, before any image is drawn
         stats = build_dataset(args.name, out, seed=args.seed, train=args.train, val=args.val, size=args.size,
                               workers=args.workers)
-    except DataError as e:
+    except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up while writing: build_dataset has removed its temporary folder
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     for line in summary(stats):
         print(line)
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")

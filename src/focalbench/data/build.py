@@ -131,6 +131,15 @@ def build_dataset(name: str, root: str | os.PathLike, seed: int = 0, train: int 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        return _build_into(tmp, root, name, gen, args, seed, size, workers, progress, overwrite)
+    except BaseException:  # a full disk, Ctrl-C...: no half-written set is left next to root
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_into(tmp: Path, root: Path, name: str, gen, args: dict, seed: int, size: int, workers: int | None,
+                progress: bool, overwrite: bool) -> dict:
     (tmp / "images").mkdir(parents=True)
     (tmp / "annotations").mkdir()
 

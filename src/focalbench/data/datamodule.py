@@ -129,6 +129,9 @@ class CocoDataModule(L.LightningDataModule):
 
     def _setup_val(self) -> None:
         coco, records, counts = self._load(self.val_ann, self.val_images, cat_ids=self._cat_ids)
+        if not records:  # found here, not as an evaluation of nothing after training
+            raise DataError(f"annotation file {self._path(self.val_ann)}: no validation images ('images' is "
+                            "empty); the evaluation needs at least one")
         if self._cat_ids is None:
             self._set_categories(coco, self.val_ann)
         self.val_coco = coco
@@ -149,6 +152,10 @@ class CocoDataModule(L.LightningDataModule):
         if not records:
             raise DataError(f"annotation file {self._path(self.train_ann)}: no training images left "
                             f"(keep_empty={self.keep_empty}, {counts['images']} images, {counts['boxes']} boxes)")
+        if not counts["boxes"]:  # only pure negatives: nothing to learn, every AP would be 0
+            raise DataError(f"annotation file {self._path(self.train_ann)}: no boxes to train on "
+                            f"({counts['images']} images, {counts['crowd_boxes']} crowd boxes); training needs "
+                            "at least one non-crowd box")
         self.train_set = CocoDetection(records, self._path(self.train_ann), self.image_size, self.max_size,
                                        flip_prob=self.flip_prob, seed=self.seed)
         self.stats["train"] = counts

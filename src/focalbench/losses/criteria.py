@@ -19,11 +19,12 @@ import math
 import torch
 from torch import nn
 
+from . import compiled as _compiled
 from .focal import (_compute_dtype, _sigmoid_focal, check_alpha, check_gamma, sigmoid_ce_from_labels,
                     sigmoid_focal_loss_star, softmax_focal_loss)
+from .terms import IGNORE, prior_logit
 from .ohem import check_batch_size, check_neg_pos_ratio, check_nms_iou, select_hard_examples
 
-IGNORE = -2       # label of anchors with IoU in [.4, .5): no loss (background is -1)
 
 
 def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> None:
@@ -60,8 +61,7 @@ class ClassificationLoss(nn.Module):
     def prior_bias(self, prior_prob: float, num_classes: int) -> float | torch.Tensor:
         """Classifier bias init so that every anchor starts with foreground confidence ``prior_prob``
         (paper section 4.1): ``-log((1 - pi) / pi)`` for each sigmoid output."""
-        pi = _check_prior(prior_prob)
-        return -math.log((1.0 - pi) / pi)
+        return prior_logit(prior_prob)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 anchors: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,10 +83,8 @@ class ClassificationLoss(nn.Module):
 
 
 def _check_prior(prior_prob: float) -> float:
-    pi = float(prior_prob)
-    if not 0.0 < pi < 1.0:
-        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob!r}")
-    return pi
+    prior_logit(prior_prob)  # the one check of pi
+    return float(prior_prob)
 
 
 class SigmoidFocalLoss(ClassificationLoss):
@@ -104,8 +102,17 @@ class SigmoidFocalLoss(ClassificationLoss):
             return (labels != IGNORE).unsqueeze(-1).float()
         return None
 
+    def _fused(self, logits, labels, reduction):
+        """The fused compiled kernel straight from the labels (no one-hot targets); None: not used."""
+        if not _compiled.use_compiled(logits):
+            return None
+        return _compiled.sigmoid_focal_from_labels(logits, labels, self.alpha, self.gamma, reduction)
+
     def forward(self, logits, labels, anchors=None):
         _check_inputs(logits, labels)
+        loss = self._fused(logits, labels, "sum")
+        if loss is not None:
+            return loss / self.normalizer(labels)
         t = one_hot_targets(labels, logits.shape[-1])
         loss = _sigmoid_focal(logits, t, self.alpha, self.gamma, "sum", weight=self._valid_weight(labels),
                               out_float32=True, hard=True)
@@ -114,6 +121,9 @@ class SigmoidFocalLoss(ClassificationLoss):
     def per_anchor(self, logits, labels):
         """Un-normalised per-anchor loss ``(N, A)`` (summed over classes; ignored anchors 0)."""
         _check_inputs(logits, labels)
+        loss = self._fused(logits, labels, "rows")
+        if loss is not None:
+            return loss
         t = one_hot_targets(labels, logits.shape[-1])
         loss = _sigmoid_focal(logits, t, self.alpha, self.gamma, "none", weight=self._valid_weight(labels),
                               out_float32=True, hard=True)
@@ -214,6 +224,10 @@ class OHEMLoss(ClassificationLoss):
     @torch.no_grad()
     def scores(self, logits, labels):
         """Per-anchor CE ``(N, A)`` summed over classes: the OHEM ranking score."""
+        if _compiled.use_compiled(logits):
+            s = _compiled.sigmoid_ce_from_labels(logits, labels)
+            if s is not None:
+                return s
         return sigmoid_ce_from_labels(logits, one_hot_targets(labels, logits.shape[-1])).sum(-1)
 
     def select(self, logits, labels, anchors):

@@ -19,6 +19,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import compiled as _compiled
+from .terms import alpha_coefs
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -170,7 +173,8 @@ def _focal_soft(x, t, alpha, gamma, weight):
     ce = torch.lerp(F.softplus(x), F.softplus(-x), t)
     m = torch.lerp(p, q, t)
     m_gamma = m.pow(gamma)
-    a = torch.ones_like(m) if alpha < 0 else (1.0 - alpha) + (2.0 * alpha - 1.0) * t  # alpha_t (eq. 3)
+    a0, a1 = alpha_coefs(alpha)
+    a = torch.ones_like(m) if a1 == 0 and a0 == 1 else a0 + a1 * t  # alpha_t (eq. 3)
     if weight is not None:
         a = a * weight
     loss = a * m_gamma * ce
@@ -226,6 +230,10 @@ def _sigmoid_focal(inputs, targets, alpha, gamma, reduction, weight=None, out_fl
     if targets.requires_grad:
         loss = _reduce(_composite_focal(inputs, targets, alpha, gamma, weight), reduction)
         return loss if out_float32 else loss.to(inputs.dtype)
+    if _compiled.use_compiled(inputs):             # one fused inductor kernel (compiled.py); None: it failed
+        out = _compiled.sigmoid_focal(inputs, targets, alpha, gamma, reduction, weight, out_float32)
+        if out is not None:
+            return out
     if not (inputs.requires_grad and torch.is_grad_enabled()):   # forward only (eval, loss CDFs)
         loss = _reduce(_focal_loss_and_grad(inputs, targets, alpha, gamma, weight, hard, False)[0], reduction)
         return loss if out_float32 else loss.to(inputs.dtype)
@@ -264,6 +272,10 @@ def sigmoid_focal_loss_star(inputs: torch.Tensor, targets: torch.Tensor, alpha: 
     if not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
     _check_same_shape(inputs, targets)
+    if not targets.requires_grad and _compiled.use_compiled(inputs):
+        out = _compiled.sigmoid_focal_star(inputs, targets, alpha, gamma, beta, reduction)
+        if out is not None:
+            return out
     dtype = _compute_dtype(inputs)
     x, t = inputs.to(dtype), targets.to(dtype)
     xt = x * (2.0 * t - 1.0)

@@ -25,6 +25,8 @@ import math
 import torch
 from torchvision.ops import box_iou, nms
 
+from .terms import IGNORE
+
 MIN_CHUNK = 256
 MAX_IOU_ENTRIES = 1 << 22     # bound on one candidates x kept IoU block (16 MiB of float32)
 LONG_SCAN = 8                 # chunks after which a scan for remaining positives finishes in one go
@@ -222,7 +224,7 @@ def select_hard_examples(boxes: torch.Tensor, scores: torch.Tensor, labels: torc
             batch_q_cap = ssd_quota(int((labels >= 0).sum()), quota, neg_pos_ratio)[1]
     img_ids, anchor_ids = [], []
     for i in range(num_images):
-        valid = (labels[i] != -2).nonzero().flatten()
+        valid = (labels[i] != IGNORE).nonzero().flatten()
         if valid.numel() == 0:
             continue
         b, s = (boxes[valid] if boxes.dim() == 2 else boxes[i, valid]), scores[i, valid]

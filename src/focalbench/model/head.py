@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from focalbench.losses.terms import prior_logit
 from focalbench.model.backbone import norm_layer
 
 
 def prior_bias(prior_prob: float) -> float:
-    """Final classification bias b = -log((1 - pi) / pi) so every anchor starts at p ~= pi (paper section 4.1)."""
-    if not 0.0 < prior_prob < 1.0:
-        raise ValueError(f"model.prior_prob must be in (0, 1) or null, got {prior_prob!r}")
-    return -math.log((1.0 - prior_prob) / prior_prob)
+    """Final classification bias so every anchor starts at p ~= pi (paper section 4.1): ``terms.prior_logit``."""
+    return prior_logit(prior_prob, "model.prior_prob")
 
 
 def _tower(in_channels: int, width: int, num_convs: int, norm: str) -> nn.Sequential:

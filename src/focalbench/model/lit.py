@@ -74,6 +74,8 @@ class RetinaNetModule(L.LightningModule):
         self._val_images: list = []
         self._t_train = None
         self._gt_counts: torch.Tensor | None = None
+        self._gt_counts_before = (0, 0)  # counted before the checkpoint this run resumed from
+        self.config_hash: str | None = None  # set by focalbench.train; saved in checkpoints
 
     # ------------------------------------------------------------------------------------------------- train
     def forward(self, images):
@@ -107,8 +109,7 @@ class RetinaNetModule(L.LightningModule):
 
     def on_train_end(self):
         self._add_train_time()
-        if self._gt_counts is not None:
-            self.summary["num_gt"], self.summary["gt_no_anchor"] = (int(v) for v in self._gt_counts.tolist())
+        self.summary["num_gt"], self.summary["gt_no_anchor"] = self._gt_totals()
         self.summary["steps"] = int(self.global_step)
         per_epoch = self.trainer.num_training_batches
         self.summary["epochs"] = round(self.global_step / per_epoch, 3) if per_epoch and per_epoch != float("inf") \
@@ -119,6 +120,32 @@ class RetinaNetModule(L.LightningModule):
         if not self.summary["diverged"] and not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.summary.update(diverged=True, reason=f"non-finite weights after step {self.global_step}")
         self._write_summary()
+
+    def _gt_totals(self) -> tuple[int, int]:
+        now = self._gt_counts.tolist() if self._gt_counts is not None else (0, 0)
+        return tuple(int(a) + int(b) for a, b in zip(self._gt_counts_before, now))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        """The run's facts so far go into the checkpoint, so a resumed run reports the whole run: steps,
+        training time (this process's share up to now included), GT counts, last evaluation."""
+        summary = dict(self.summary, steps=int(self.global_step))
+        if self._t_train is not None:
+            summary["train_seconds"] += time.perf_counter() - self._t_train
+        summary["num_gt"], summary["gt_no_anchor"] = self._gt_totals()
+        checkpoint["focalbench"] = {"summary": summary, "config_hash": self.config_hash}
+        from lightning.pytorch.loggers import CSVLogger
+
+        for lg in self.loggers:  # the CSV log on disk up to this checkpoint (a resumed run appends to it)
+            if isinstance(lg, CSVLogger):
+                lg.save()
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint.get("focalbench") or {}
+        if state.get("summary"):
+            self.summary.update(state["summary"])
+            self._gt_counts_before = (int(self.summary.get("num_gt") or 0), int(self.summary.get("gt_no_anchor") or 0))
+        self.summary["resumed_from_step"] = int(checkpoint.get("global_step", 0))
 
     def _add_train_time(self):
         if self._t_train is not None:

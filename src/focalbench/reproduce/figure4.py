@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from focalbench.losses.terms import IGNORE
+
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 WEIGHTS_FILE = "model.pt"
 
@@ -35,7 +37,7 @@ def collect_probabilities(run_dir: Path, overrides: list[str], max_images: int =
         out = model(images)
         labels = model.assign(model.anchors(images), targets)["labels"]      # (N, A): class, -1 bg, -2 ignore
         p = model.scores(out.cls_logits)                                       # (N, A, K)
-        keep = labels != -2
+        keep = labels != IGNORE
         onehot = torch.zeros_like(p, dtype=torch.bool)
         fg = labels >= 0
         onehot[fg] = torch.nn.functional.one_hot(labels[fg], p.shape[-1]).bool()

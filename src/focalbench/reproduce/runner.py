@@ -1,11 +1,19 @@
 """Run the paper tables as Optuna studies of cached training runs.
 
-Truth lives in ``results/<profile>/runs/<config_hash>.json`` (one finished run each, written atomically).
+Truth lives in ``<results>/<profile>/runs/<config_hash>.json`` (one finished run each, written atomically;
+``<results>`` is the user's ``outputs/results`` by default, the committed ``results`` with --update-reference).
 Each table is also an Optuna study (trials = rows x seeds, enqueued once) in the journal file
-``results/<profile>/studies.journal``, so several workers on one machine or a shared file system split the
+``<results>/<profile>/studies.journal``, so several workers on one machine or a shared file system split the
 work with no duplicate run, and optuna-dashboard shows the tables live. A worker that dies leaves its trial
 RUNNING; its heartbeat (focalbench.sweeps.study.TrialHeartbeat) goes stale, and the next worker marks it
 failed and re-queues the same row and seed.
+
+Damage that a crash of ours cannot cause but a full disk or a lost write can is repaired on start: a journal
+whose last record was cut short loses that record (kept in ``studies.journal.damaged-<time>``, one warning);
+a damaged line in the middle stops the job with one line saying how to recover (nothing committed is dropped);
+a ``runs/<hash>.json`` that does not parse is moved to ``runs/<hash>.json.damaged`` and its row is run again,
+and so is a row whose finished trial has no run file. A diverged run is stored in runs/ (it is data) and its
+trial is PRUNED with the user attr ``status=diverged``, never a COMPLETE trial of AP 0.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,14 +38,31 @@ from tqdm import tqdm
 
 from focalbench.config_schema import ConfigError
 from focalbench.reproduce.sweeps import Table
-from focalbench.runstore import RunStore, atomic_write_json, config_hash
-from focalbench.sweeps.storage import make_storage, storage_lock
+from focalbench.runstore import DamagedFileError, RunStore, atomic_write_json, config_hash, warn
+from focalbench.sweeps.storage import journal_path, make_storage, repair_journal, storage_lock
 from focalbench.sweeps.study import TrialHeartbeat, fail_stale_trials, open_study, pop_waiting_trial
 
 HEARTBEAT_SECONDS = 20
 STALE_AFTER_SECONDS = 120
 CACHED_STATUSES = ("ok", "diverged")  # a diverged run is data; a failed one is retried
 WAIT_POLL_SECONDS = 10
+DIVERGED = "diverged"
+# Set by interrupt_handler (the CLI's SIGINT handler): Lightning turns a Ctrl-C inside fit() into
+# sys.exit(1), which run_one turns back into the KeyboardInterrupt it was.
+INTERRUPTED = threading.Event()
+
+
+def interrupt_handler(signum, frame):
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C (or SIGTERM) that stopped :func:`run_tables`; ``done`` of ``total`` runs are in runs/."""
+
+    def __init__(self, done: int, total: int):
+        super().__init__(f"{done} of {total} runs finished")
+        self.done, self.total = done, total
 
 
 @dataclass
@@ -79,8 +106,12 @@ def _deep_overrides(cfg) -> list[str]:
     return [str(o) for o in (rep.get("deep_overrides") or [])]
 
 
-def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int]) -> optuna.Study:
-    """Create/load the table's study, fail (and re-queue) trials of dead workers, enqueue missing points."""
+def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int], store: RunStore | None = None,
+                  hashes: dict | None = None) -> optuna.Study:
+    """Create/load the table's study, fail (and re-queue) trials of dead workers, enqueue missing points.
+
+    With ``store`` and ``hashes`` ((row, seed) -> config hash): a point whose finished trial has no run file in
+    ``store`` (deleted, or moved aside as damaged) is queued again, with one warning line naming the file."""
     with storage_lock(url):
         study = open_study(storage, study_name(profile, table), "maximize", optuna.samplers.RandomSampler(),
                            optuna.pruners.NopPruner())
@@ -91,10 +122,23 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
         _fail_dead_local_workers(study, storage)
         # A point is live while some trial of it is waiting, running or complete; a point whose trials all
         # failed (a crashed run, or a point left over from another SEEDS/TABLES selection) is queued again.
-        live = set()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)):
+        # A finished point counts only while its run file is there (runs/ is the truth, the journal coordinates).
+        live, finished = set(), set()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE,
+                                                          TrialState.PRUNED)):
             p = t.system_attrs.get("fixed_params") or t.params
-            live.add((p.get("row"), p.get("seed")))
+            key = (p.get("row"), p.get("seed"))
+            if t.state in (TrialState.WAITING, TrialState.RUNNING):
+                live.add(key)
+            elif t.state == TrialState.COMPLETE or t.user_attrs.get("status") == DIVERGED:
+                finished.add(key)
+        for key in sorted(finished - live, key=str):
+            h = (hashes or {}).get(key)
+            if store is None or h is None or store.path(h).exists():
+                live.add(key)
+            elif h not in store.moved:  # (a damaged file moved aside has had its warning)
+                warn(f"{store.path(h)} is missing, but table {table.id}'s trial of row {key[0]!r} seed {key[1]} "
+                     "finished: that run is run again")
         for row in table.rows:
             for seed in seeds:
                 if (row.name, seed) not in live:
@@ -161,7 +205,8 @@ def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = Fal
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     metrics_path.unlink(missing_ok=True)
-    tags = [f"tags.group=table{spec.table}", "tags.job_type=reproduce", "save_weights=true"]
+    row = "'" + spec.row.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra-quoted: names hold spaces, '=' and ':'
+    tags = [f"tags.group=table{spec.table}", "tags.job_type=reproduce", f"tags.row={row}", "save_weights=true"]
     if in_process:
         from focalbench.train import compose, run
 
@@ -169,6 +214,10 @@ def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = Fal
             return run(compose([*spec.overrides, *tags]), run_dir)
         except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
             return {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300], "AP": 0.0}
+        except SystemExit:
+            if INTERRUPTED.is_set():  # Lightning's answer to a Ctrl-C inside fit(): sys.exit(1)
+                raise KeyboardInterrupt from None
+            raise
     cmd = [sys.executable, "-m", "focalbench.train", *spec.overrides, f"hydra.run.dir={run_dir}", *tags]
     with open(log_path, "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -180,19 +229,68 @@ def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = Fal
 
 
 def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir: Path, work_dir: Path,
-               extra_overrides: list[str] = (), progress: bool = True, in_process: bool = False) -> list[RunSpec]:
-    """Make sure every (row, seed) of ``tables`` has a finished run in ``results_dir/runs``."""
+               extra_overrides: list[str] = (), progress: bool = True, in_process: bool = False,
+               workers: int = 1, worker_tag: str = "", specs: list[RunSpec] | None = None) -> list[RunSpec]:
+    """Make sure every (row, seed) of ``tables`` has a finished run in ``results_dir/runs``.
+
+    ``specs``: the plan (:func:`plan_runs`), when the caller made it already. A Ctrl-C (KeyboardInterrupt)
+    fails the trial of the run it stopped (so the next invocation re-queues it at once) and is raised again as
+    :class:`Interrupted`, which says how many runs are finished.
+
+    Prints one line when a run starts (with its log file) and one when it ends (row, seed, AP, wall time,
+    runs done/total over all workers, ETA = median run time so far x runs left / ``workers``). The tqdm bar
+    is drawn only for a single worker (several processes' bars on one terminal garble each other)."""
     store = RunStore(results_dir / "runs")
-    specs = plan_runs(tables, profile, seeds, list(extra_overrides))
+    if specs is None:
+        specs = plan_runs(tables, profile, seeds, list(extra_overrides))
     by_key = {(s.table, s.row, s.seed): s for s in specs}
     unique = {s.config_hash for s in specs}
     done = {h for h in unique if (m := store.get(h)) is not None and m.get("status") in CACHED_STATUSES}
     url = storage_url(results_dir)
-    storage = make_storage(url)
+    storage = open_storage(url, store.root)
+    try:
+        _run_tables(tables, profile, seeds, store, work_dir, url, storage, specs, by_key, unique, done, progress,
+                    in_process, workers, worker_tag)
+    except KeyboardInterrupt:
+        raise Interrupted(sum(1 for h in unique if store.path(h).exists()), len(unique)) from None
+    return specs
+
+
+def repair_studies_journal(results_dir: Path) -> str | None:
+    """Repair a damaged tail of ``studies.journal`` (under the storage lock; one warning line, returned); a
+    damaged line in the middle is a :class:`DamagedFileError` that says how to recover."""
+    url = storage_url(results_dir)
+    with storage_lock(url):
+        return _repair(url, results_dir / "runs")
+
+
+def _repair(url: str, runs_dir: Path) -> str | None:
+    journal = journal_path(url)
+    hint = (f"every finished run is safe in {runs_dir}/: once no worker of this location runs, move the journal "
+            f"aside (mv {journal} {journal}.damaged) and rerun the same command; it rebuilds the studies from "
+            "runs/ and trains only what is not there")
+    try:
+        return repair_journal(journal, hint)
+    except DamagedFileError as e:
+        raise DamagedFileError(e.path, e.line, e.detail, hint) from None
+
+
+def open_storage(url: str, runs_dir: Path):
+    """The studies' journal storage, its damaged tail repaired first (under the storage lock)."""
+    with storage_lock(url):
+        _repair(url, runs_dir)
+        return make_storage(url)
+
+
+def _run_tables(tables, profile, seeds, store, work_dir, url, storage, specs, by_key, unique, done, progress,
+                in_process, workers, worker_tag) -> None:
+    hashes = {(s.table, s.row, s.seed): s.config_hash for s in specs}
     bar = tqdm(total=len(unique), initial=len(done), desc=f"reproduce {profile}", unit="run",
-               disable=not progress, dynamic_ncols=True)
+               disable=not progress or workers > 1, dynamic_ncols=True)
+    say = _Progress(bar, worker_tag, workers, len(unique))
     for table in tables:
-        study = prepare_study(url, storage, profile, table, seeds)
+        study = prepare_study(url, storage, profile, table, seeds, store,
+                              {(r, sd): h for (t, r, sd), h in hashes.items() if t == table.id})
         while (trial := _claim(url, study, storage)) is not None:
             fixed = storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
             spec = by_key.get((table.id, fixed.get("row"), fixed.get("seed")))
@@ -203,36 +301,112 @@ def run_tables(tables: list[Table], profile: str, seeds: list[int], results_dir:
             trial.suggest_categorical("row", [r.name for r in table.rows])
             trial.suggest_int("seed", 0, max(999, spec.seed))
             trial.set_user_attr("config_hash", spec.config_hash)  # ("worker" was written by the claim)
-            with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
-                # Under the lock: a run shared by two tables that another worker is training is waited for,
-                # then read from the store, never trained twice.
-                metrics = store.get(spec.config_hash)
-                if metrics is None or metrics.get("status") not in CACHED_STATUSES:
-                    bar.set_postfix_str(f"table {table.id}: {spec.row} seed {spec.seed}")
-                    run_dir = work_dir / spec.config_hash
-                    metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"), in_process)
-                    if metrics.get("status") in CACHED_STATUSES:
-                        store.put(spec.config_hash, metrics)
-                        RunStore(store.root / "failed").path(spec.config_hash).unlink(missing_ok=True)
-                    else:  # kept for the report (status and reason), never reused as a finished run
-                        RunStore(store.root / "failed").put(spec.config_hash, metrics)
+            try:
+                metrics = _run_claimed(spec, table, store, work_dir, storage, trial, in_process, bar, say, unique)
+            except KeyboardInterrupt:
+                _fail_interrupted(study, trial)
+                raise
             # the store is shared by every worker: count what all of them finished (rate and ETA stay honest)
             finished = sum(1 for h in unique if store.path(h).exists())
             bar.update(finished - bar.n)
             for key in ("status", "AP50", "AP75", "train_seconds", "reason"):
                 if key in metrics:
                     trial.set_user_attr(key, metrics[key])
-            if metrics.get("status") in CACHED_STATUSES:
-                study.tell(trial, float(metrics.get("AP", 0.0)))
-            else:
-                study.tell(trial, state=TrialState.FAIL)
+            tell_run(study, trial, metrics)
     # Nothing left to claim, but other workers may still be training rows of this selection: wait for them,
     # so that every worker's report holds every run (a worker that stopped first used to report without them).
     wait_for_other_workers(tables, profile, url, storage, {(s.table, s.row, s.seed) for s in specs},
                            lambda: bar.update(sum(1 for h in unique if store.path(h).exists()) - bar.n),
                            bar.set_postfix_str)
     bar.close()
-    return specs
+
+
+def _run_claimed(spec, table, store, work_dir, storage, trial, in_process, bar, say, unique) -> dict:
+    with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
+        # Under the lock: a run shared by two tables that another worker is training is waited for,
+        # then read from the store, never trained twice.
+        metrics = store.get(spec.config_hash)
+        if metrics is None or metrics.get("status") not in CACHED_STATUSES:
+            bar.set_postfix_str(f"table {table.id}: {spec.row} seed {spec.seed}")
+            run_dir = work_dir / spec.config_hash
+            say.started(spec, f"in this process, run dir {run_dir}" if in_process
+                        else f"log {run_dir.with_suffix('.log')}")
+            t0 = time.monotonic()
+            metrics = run_one(spec, run_dir, run_dir.with_suffix(".log"), in_process)
+            seconds = time.monotonic() - t0
+            if metrics.get("status") in CACHED_STATUSES:
+                store.put(spec.config_hash, metrics)
+                RunStore(store.root / "failed").path(spec.config_hash).unlink(missing_ok=True)
+            else:  # kept for the report (status and reason), never reused as a finished run
+                RunStore(store.root / "failed").put(spec.config_hash, metrics)
+            say.finished(spec, metrics, seconds, sum(1 for h in unique if store.path(h).exists()))
+    return metrics
+
+
+def tell_run(study: optuna.Study, trial, metrics: dict) -> None:
+    """A finished run's trial: COMPLETE with its AP; a diverged run (data, kept in runs/) PRUNED with the user
+    attr ``status=diverged`` (it has no AP: a COMPLETE 0.0 would read as a real AP of 0); a failed one FAIL."""
+    status = metrics.get("status")
+    if status == DIVERGED:
+        trial.set_user_attr("status", DIVERGED)
+        study.tell(trial, state=TrialState.PRUNED)
+    elif status in CACHED_STATUSES:
+        study.tell(trial, float(metrics.get("AP", 0.0)))
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def _fail_interrupted(study: optuna.Study, trial) -> None:
+    """Best effort, with further Ctrl-C ignored: the stopped run's trial FAILs now, so the next invocation
+    queues its point again at once (a dead worker's RUNNING trial would be found too, a little later)."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception:  # noqa: BLE001 - the dead-worker check fails it on the next start anyway
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+class _Progress:
+    """The per-run lines (through ``tqdm.write`` so that a drawn bar is not broken)."""
+
+    def __init__(self, bar, tag: str, workers: int, total: int):
+        self.bar, self.tag, self.workers, self.total = bar, f"[{tag}] " if tag else "", max(1, workers), total
+        self.times: list[float] = []
+
+    def _print(self, msg: str) -> None:
+        tqdm.write(f"{self.tag}{msg}", file=sys.stdout)
+        sys.stdout.flush()
+
+    def started(self, spec: RunSpec, where: str) -> None:
+        self._print(f"start {spec.table} | {spec.row} | seed {spec.seed}: {where}")
+
+    def finished(self, spec: RunSpec, metrics: dict, seconds: float, done: int) -> None:
+        self.times.append(seconds)
+        status = metrics.get("status", "?")
+        result = f"AP {float(metrics.get('AP', 0.0)):.2f}" if status in CACHED_STATUSES else \
+            f"FAILED ({str(metrics.get('reason', '?'))[:120]})"
+        if status == "diverged":
+            result += " (diverged)"
+        left = max(0, self.total - done)
+        median = sorted(self.times)[len(self.times) // 2]
+        eta = f"ETA {_duration(median * left / self.workers)}" if left else "last run"
+        self._print(f"done  {spec.table} | {spec.row} | seed {spec.seed}: {result} in {_duration(seconds)} | "
+                    f"{done}/{self.total} runs | {eta}")
 
 
 def wait_for_other_workers(tables: list[Table], profile: str, url: str, storage, keys: set, on_poll=lambda: None,

@@ -2,56 +2,52 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-SWEEPS_DIR = Path(__file__).resolve().parents[3] / "sweeps"
-TABLE_FILES = {
-    "1a": "table1a_alpha.yaml",
-    "1b": "table1b_gamma.yaml",
-    "1c": "table1c_anchors.yaml",
-    "1d": "table1d_ohem.yaml",
-    "3": "table3_flstar.yaml",
-}
+from focalbench.paths import SWEEPS_DIR
+from focalbench.reproduce.table import Row, Table
+from focalbench.reproduce.analysis import validate_rule  # the verdict rules live with the analysis
+
+
+
+def table_files(sweeps_dir: Path = SWEEPS_DIR) -> dict[str, str]:
+    """Table id -> file name, for every ``table*.yaml`` of ``sweeps_dir`` (its ``table:`` key is the id).
+
+    A new paper table is one new YAML file there: nothing in the code lists the tables."""
+    found: dict[str, str] = {}
+    for path in sorted(Path(sweeps_dir).glob("table*.yaml"), key=lambda p: p.name):
+        try:
+            tid = (yaml.safe_load(path.read_text()) or {}).get("table")
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            raise SweepFileError(f"{path}: cannot read sweep file ({e.__class__.__name__}: {e})") from None
+        if tid is None:
+            raise SweepFileError(f"{path}: missing key 'table' (the table's id, e.g. 1a)")
+        tid = str(tid)
+        if tid in found:
+            raise SweepFileError(f"{path}: table {tid!r} is also defined in {found[tid]}")
+        found[tid] = path.name
+    return found
+
+
 DEFAULT_TABLES = ("1a", "1b", "1c", "1d")
 PAPER_KEYS = ("AP", "AP50", "AP75")
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    overrides: tuple[str, ...]
-    paper: dict
-    extra: dict = field(default_factory=dict)  # x, sc, ar: what the figures plot against
-
-
-@dataclass(frozen=True)
-class Table:
-    id: str
-    title: str
-    claim: str
-    rows: tuple[Row, ...]
-    deep: bool = False
-    x_label: str | None = None
-    path: Path | None = None
-
-    def row(self, name: str) -> Row:
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(f"table {self.id} has no row {name!r}")
+FIGURE_KINDS = ("line", "bars", "anchors")  # focalbench.reproduce.figures: line_figure, bar_figure, anchors_figure
 
 
 class SweepFileError(ValueError):
     pass
 
 
+TABLE_FILES = table_files()  # the repository's tables, read once at import
+
+
 def load_table(table_id: str, sweeps_dir: Path = SWEEPS_DIR) -> Table:
-    if table_id not in TABLE_FILES:
-        raise SweepFileError(f"TABLES: unknown table {table_id!r}; allowed: {' '.join(TABLE_FILES)}")
-    path = Path(sweeps_dir) / TABLE_FILES[table_id]
+    files = TABLE_FILES if Path(sweeps_dir) == SWEEPS_DIR else table_files(sweeps_dir)
+    if str(table_id) not in files:
+        raise SweepFileError(f"TABLES: unknown table {table_id!r}; allowed: {' '.join(files)}")
+    path = Path(sweeps_dir) / files[str(table_id)]
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -72,8 +68,22 @@ def load_table(table_id: str, sweeps_dir: Path = SWEEPS_DIR) -> Table:
         names.add(r["name"])
         extra = {k: v for k, v in r.items() if k not in ("name", "overrides", "paper")}
         rows.append(Row(r["name"], tuple(str(o) for o in r["overrides"]), dict(r["paper"]), extra))
+    figure = data.get("figure", "bars")
+    if figure not in FIGURE_KINDS:
+        raise SweepFileError(f"{path}: figure {figure!r} is not one of {', '.join(FIGURE_KINDS)}")
+    baseline = data.get("baseline")
+    if baseline is not None and baseline not in names:
+        raise SweepFileError(f"{path}: baseline {baseline!r} is not a row name")
+    verdict = data.get("verdict")
+    if verdict is not None:
+        if not isinstance(verdict, dict) or not isinstance(verdict.get("rule"), str):
+            raise SweepFileError(f"{path}: verdict must be a mapping with a 'rule' name and its parameters")
+        try:
+            validate_rule(verdict, [r.name for r in rows])
+        except ValueError as e:
+            raise SweepFileError(f"{path}: verdict: {e}") from None
     return Table(str(data["table"]), data["title"], data["claim"], tuple(rows), bool(data.get("deep", False)),
-                 data.get("x_label"), path)
+                 data.get("x_label"), path, dict(verdict) if verdict else None, figure, baseline)
 
 
 def load_tables(table_ids, sweeps_dir: Path = SWEEPS_DIR) -> list[Table]:

@@ -53,24 +53,68 @@ def trials_csv(trials: list[optuna.trial.FrozenTrial]) -> str:
     return buf.getvalue()
 
 
-def _plots(study: optuna.Study, out: Path) -> list[str]:
+# Below these counts of complete trials a contour or an importance ranking shows the interpolation of a handful
+# of points (bullseyes around each trial, importances of noise), so they are not drawn and the README says why.
+MIN_COMPLETE_CONTOUR = 10
+MIN_COMPLETE_IMPORTANCES = 10
+PLOT_FILES = ("optimization_history.png", "param_importances.png", "contour_gamma_alpha.png", "trials_gamma_alpha.png")
+
+
+def history_plot(trials: list[optuna.trial.FrozenTrial], path: Path, maximize: bool = True) -> Path:
+    """Objective per trial: complete trials filled, pruned trials hollow at their last reported value (the
+    epochs they ran beside them), and the best complete value so far as a step line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    ax.scatter([t.number for t in complete], [t.value for t in complete], color="#1f77b4", zorder=3,
+               label=f"complete ({len(complete)})")
+    if pruned:
+        last = [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+        ax.scatter([t.number for t in pruned], last, facecolors="none", edgecolors="#ff7f0e", zorder=3,
+                   label=f"pruned ({len(pruned)}): last reported value")
+        for t, v in zip(pruned, last):
+            ax.annotate(f"{epochs_run(t)} ep", (t.number, v), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color="#ff7f0e")
+    if complete:
+        best, xs, ys = None, [], []
+        for t in sorted(complete, key=lambda t: t.number):
+            if best is None or (t.value > best if maximize else t.value < best):
+                best = t.value
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="#d62728", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective (validation AP)")
+    ax.set_title("Optimisation history (pruned trials: their last value, epochs run beside it)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plots(study: optuna.Study, out: Path) -> tuple[list[str], list[str]]:
+    """(files drawn, one line per plot left out and why). A plot left out is also removed from ``out``,
+    so a README never shows the picture of an earlier, smaller study."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    made = []
+    made, skipped = [], []
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    history_plot(study.trials, out / "optimization_history.png", maximize)
+    made.append("optimization_history.png")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        ax = ovm.plot_optimization_history(study)
-        ax.figure.set_size_inches(7, 4)
-        ax.figure.tight_layout()
-        ax.figure.savefig(out / "optimization_history.png", dpi=120)
-        made.append("optimization_history.png")
-        plt.close("all")
-        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        if len(complete) >= 2:
+        if len(complete) >= MIN_COMPLETE_IMPORTANCES:
             try:
                 ax = ovm.plot_param_importances(study)
                 ax.figure.set_size_inches(6, 3)
@@ -78,10 +122,13 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
                 ax.figure.savefig(out / "param_importances.png", dpi=120)
                 made.append("param_importances.png")
             except (RuntimeError, ValueError) as e:  # e.g. every trial has the same value
-                print(f"param importances skipped: {e}", file=sys.stderr)
+                skipped.append(f"parameter importances: {e}")
             plt.close("all")
+        else:
+            skipped.append(f"parameter importances: only {len(complete)} complete trials "
+                           f"(they need >= {MIN_COMPLETE_IMPORTANCES}; pruned trials have no final value)")
         params = sorted({p for t in complete for p in t.params})
-        if {"loss.gamma", "loss.alpha"} <= set(params) and len(complete) >= 3:
+        if {"loss.gamma", "loss.alpha"} <= set(params) and len(complete) >= MIN_COMPLETE_CONTOUR:
             ax = ovm.plot_contour(study, params=["loss.gamma", "loss.alpha"])
             mark_paper_optimum(ax)
             ax.figure.set_size_inches(6, 5)
@@ -89,10 +136,16 @@ def _plots(study: optuna.Study, out: Path) -> list[str]:
             ax.figure.savefig(out / "contour_gamma_alpha.png", dpi=120)
             made.append("contour_gamma_alpha.png")
             plt.close("all")
+        elif {"loss.gamma", "loss.alpha"} <= {p for t in study.trials for p in t.params}:
+            skipped.append(f"gamma x alpha contour: only {len(complete)} complete trials (a contour interpolates "
+                           f"between them and needs >= {MIN_COMPLETE_CONTOUR}); the map of all trials shows them")
     if {"loss.gamma", "loss.alpha"} <= {p for t in study.trials for p in t.params}:
         trials_map(study.trials, out / "trials_gamma_alpha.png")
         made.append("trials_gamma_alpha.png")
-    return made
+    for name in PLOT_FILES:
+        if name not in made and (out / name).exists():
+            (out / name).unlink()
+    return made, skipped
 
 
 def mark_paper_optimum(ax) -> tuple[float, float]:
@@ -158,21 +211,23 @@ def write_report(storage_url: str, study_name: str, out: Path, command: str | No
     best_text = ("no complete trial yet\n" if best is None else
                  "".join(f"{k}: {v}\n" for k, v in best.params.items()) + f"value: {best.value}\ntrial: {best.number}\n")
     atomic_write_text(out / "best.yaml", best_text)
-    plots = _plots(study, out)
+    plots, skipped = _plots(study, out)
     lines = [f"# Search `{study_name}`", "",
              f"Storage: `{storage_url}`. Trials: {len(trials)} ({len(complete)} complete, {savings['pruned']} pruned, "
              f"{sum(t.state == TrialState.FAIL for t in trials)} failed).", ""]
     if best is not None:
         lines += [f"Best validation AP **{best.value:.2f}** at " +
                   ", ".join(f"`{k}={v:.3g}`" for k, v in best.params.items()) +
-                  f" (trial {best.number}). The paper's optimum: gamma=2, alpha=.25 (red star on the contour and on the map of all trials).", ""]
+                  f" (trial {best.number}). The paper's optimum: gamma=2, alpha=.25 (red star on the map of all trials, and on the contour when there is one).", ""]
     lines += ["## Compute saved by pruning", "",
               f"{savings['trial_epochs_run']} trial-epochs run vs {savings['trial_epochs_without_pruning']} without "
               f"pruning ({savings['epochs_per_full_trial']} epochs per full trial x {savings['trials']} trials): "
               f"**{savings['saved_fraction']:.0%} saved**.", ""]
     if command:
         lines += ["## Command", "", f"```\n{command}\n```", ""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + ["", "Trial table: [trials.csv](trials.csv)."]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += [f"Not drawn: {why}." for why in skipped] + ([""] if skipped else [])
+    lines += ["Trial table: [trials.csv](trials.csv)."]
     atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
     return {"best": None if best is None else best.params, "savings": savings, "plots": plots}
 

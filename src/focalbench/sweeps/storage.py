@@ -25,7 +25,9 @@ from typing import Iterator
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+from focalbench.runstore import DamagedFileError, repair_jsonl_tail  # noqa: F401 (DamagedFileError: re-exported)
 
 JOURNAL_SCHEME = "journal://"
 # The password of a server URL, kept out of every URL that is written down: the sweeper moves it here
@@ -148,6 +150,7 @@ def make_storage(
         Path(file).parent.mkdir(parents=True, exist_ok=True)
     url = _with_env_password(url)
     if is_journal_url(url):
+        repair_journal(file)
         return JournalStorage(JournalFileBackend(file))
     kwargs = {}
     if url.startswith("sqlite"):
@@ -162,6 +165,35 @@ def make_storage(
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
             )
         return RDBStorage(url, **kwargs)
+
+
+def _journal_record(obj) -> bool:
+    return isinstance(obj, dict) and "op_code" in obj
+
+
+def repair_journal(path: str | os.PathLike, hint: str | None = None) -> str | None:
+    """Before Optuna reads a journal file: drop a damaged last record (a write cut short by a full disk or a
+    crash), keeping its bytes in ``<journal>.damaged-<time>``, with one warning line (returned; None when the
+    file is whole). Optuna never applies a line without its end of line, so dropping it loses nothing that
+    was committed; later appends would otherwise be glued to it and every reader would fail on the join.
+
+    Runs under Optuna's own journal lock (the one every append takes), so no write is in flight: a partial
+    last line is damage, not a record being written. Callers also hold :func:`storage_lock` where they can
+    (this lock is taken inside it, never the other way round). A damaged line in the middle (whole records
+    after it) raises :class:`focalbench.runstore.DamagedFileError` (a ``ValueError``; ``hint``: how to
+    recover): those records may be committed results, so nothing is dropped."""
+    path = str(path)
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    if hint is None:
+        hint = (f"restore {path} from a backup, or move it aside (its studies start afresh; the damaged "
+                f"file stays for inspection): mv {path} {path}.damaged")
+    lock = JournalFileSymlinkLock(path)
+    lock.acquire()
+    try:
+        return repair_jsonl_tail(path, _journal_record, hint)
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager

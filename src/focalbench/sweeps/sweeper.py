@@ -8,6 +8,7 @@ re-running the command resumes; several workers on one storage share the budget)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -55,6 +56,7 @@ from focalbench.sweeps.study import (
 log = logging.getLogger(__name__)
 
 FAIL_REASON_ATTR = "fail_reason"
+STATUS_ATTR, DIVERGED = "status", "diverged"  # a diverged trial: PRUNED, user attr status=diverged
 
 
 def _plain(value: Any) -> Any:
@@ -90,6 +92,24 @@ def job_outcome(ret: JobReturn) -> Tuple[TrialState, Optional[float], Optional[s
     if not math.isfinite(value):
         return TrialState.FAIL, None, f"job returned {value!r}, not a finite number"
     return TrialState.COMPLETE, value, None
+
+
+def diverged_reason(ret: JobReturn, user_attrs: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Why a job that returned a number diverged, or None: the job marked its trial (user attr
+    ``status=diverged``, :meth:`focalbench.sweeps.trial.TrialReporter.mark_diverged`), or the ``metrics.json``
+    it wrote in its output directory (focalbench.train) says ``status: diverged``. Such a job returns AP 0.0,
+    which is no measurement: its trial must not be a COMPLETE 0.0."""
+    attrs = user_attrs or {}
+    if attrs.get(STATUS_ATTR) == DIVERGED:
+        return str(attrs.get("reason") or "diverged")
+    try:
+        out = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
+        metrics = json.loads((out / "metrics.json").read_text())
+    except Exception:  # no output dir, no metrics.json, or not ours: nothing says it diverged
+        return None
+    if isinstance(metrics, dict) and metrics.get("status") == DIVERGED:
+        return str(metrics.get("reason") or "diverged")
+    return None
 
 
 class OptunaSweeperImpl(Sweeper):
@@ -227,7 +247,15 @@ class OptunaSweeperImpl(Sweeper):
             last_failed: Optional[JobReturn] = None
             for t, ret in zip(batch, returns):
                 state, value, reason = job_outcome(ret)
-                if reason is not None:
+                why = None
+                if state == TrialState.COMPLETE:
+                    why = diverged_reason(ret, storage.get_trial(self._trial_id(study, storage, t)).user_attrs)
+                if why is not None:  # data, not a failure (max_failure_rate), and no AP: PRUNED, status=diverged
+                    state, value = TrialState.PRUNED, None
+                    t.set_user_attr(STATUS_ATTR, DIVERGED)
+                    t.set_user_attr("reason", why[:500])
+                    log.warning("Trial %d diverged (%s): recorded as PRUNED with status=diverged", t.number, why)
+                elif reason is not None:
                     t.set_user_attr(FAIL_REASON_ATTR, reason)
                     log.warning("Trial %d failed: %s", t.number, reason)
                     failures += 1

@@ -99,6 +99,13 @@ class TrialReporter:
         if self.trial is not None:
             self.trial.set_user_attr(PRUNED_ATTR, int(step))
 
+    def mark_diverged(self, reason: str = "diverged") -> None:
+        """Record in the trial that this job diverged (user attrs ``status=diverged`` and ``reason``): the
+        sweeper then tells the trial PRUNED instead of COMPLETE with the job's placeholder value."""
+        if self.trial is not None:
+            self.trial.set_user_attr("status", "diverged")
+            self.trial.set_user_attr("reason", str(reason)[:500])
+
     def report_and_prune(self, value: float, step: int) -> None:
         """Report; raise ``optuna.TrialPruned`` when the pruner says so."""
         if self.report(value, step):

@@ -22,4 +22,10 @@ class OptunaSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
+        try:  # a bad storage URL (a password written into it): one line and exit 2, not Hydra's traceback
+            self.sweeper._check_no_literal_password()
+        except ValueError as e:
+            from focalbench.config_schema import ConfigError, exit_config_error
+
+            exit_config_error(ConfigError(str(e).splitlines()[0]))
         return self.sweeper.sweep(arguments)
