@@ -66,8 +66,12 @@ def test_schema_sets_match_the_code():
     from focalbench.model.lit import SCHEDULES as CODE_SCHEDULES
     from focalbench.tracking import LOGGERS as CODE_LOGGERS
 
-    assert {n: tuple(sorted(a)) for n, (_, _, a) in _LOSSES.items()} == {n: tuple(sorted(a)) for n, a in
-                                                                         LOSS_PARAMS.items()}
+    assert set(_LOSSES) == set(LOSS_PARAMS)  # every loss class has its parameter list, and no list is orphaned
+    import inspect
+
+    for name, (cls, fixed, allowed) in _LOSSES.items():  # each listed parameter is one the constructor takes
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        assert set(allowed) | set(fixed) <= accepted, (name, sorted(set(allowed) | set(fixed) - accepted))
     assert set(ANCHOR_RATIOS) == set(ASPECT_RATIOS)
     assert (set(BACKBONES), set(NORMS)) == (set(BODIES), set(CODE_NORMS))
     assert (set(OPTIMIZERS), set(SCHEDULES)) == (set(CODE_OPTIMIZERS), set(CODE_SCHEDULES))

@@ -34,7 +34,8 @@ Decisions (the paper and the libraries leave them open):
 * ``data=coco`` needs ``data.root`` from the command line: a profile made for a built-in set
   (``profile=smoke``: ``data/shapes_smoke``) would otherwise hand its own folder to COCO (``check_data_root``).
 
-The allowed sets repeat the code's own constants (``losses.criteria._LOSSES``, ``model.backbone.BODIES``...)
+``LOSS_PARAMS`` is the one list of each loss's parameters (``losses.criteria`` builds from it). The other
+allowed sets repeat the code's own constants (``model.backbone.BODIES``...)
 so that checking a config imports neither torchvision nor Lightning; tests/test_config_validation.py asserts
 that both stay equal.
 """

@@ -19,6 +19,8 @@ import math
 import torch
 from torch import nn
 
+from focalbench.config_schema import LOSS_PARAMS
+
 from . import compiled as _compiled
 from .focal import (_compute_dtype, _sigmoid_focal, check_alpha, check_gamma, sigmoid_ce_from_labels,
                     sigmoid_focal_loss_star, softmax_focal_loss)
@@ -265,16 +267,18 @@ class OHEMLoss(ClassificationLoss):
 
 
 # name -> (class, fixed kwargs, allowed keys)
-_LOSSES = {
-    "ce": (SigmoidFocalLoss, {"gamma": 0.0, "alpha": -1.0}, ()),
-    "alpha_ce": (SigmoidFocalLoss, {"gamma": 0.0}, ("alpha",)),
-    "focal": (SigmoidFocalLoss, {}, ("gamma", "alpha")),
-    "focal_star": (FocalStarLoss, {}, ("gamma", "beta", "alpha")),
-    "softmax_focal": (SoftmaxFocalLoss, {}, ("gamma", "alpha")),
-    "ohem": (OHEMLoss, {}, ("batch_size", "nms_iou", "per_image", "alpha", "nms_boxes")),
-    "ohem_1to3": (OHEMLoss, {"neg_pos_ratio": 3.0}, ("batch_size", "nms_iou", "per_image", "neg_pos_ratio",
-                                                    "alpha", "nms_boxes")),
+# name -> (class, fixed parameters); the parameters a config may set are config_schema.LOSS_PARAMS (one list,
+# read by both the config check and the constructor call below)
+_CLASSES = {
+    "ce": (SigmoidFocalLoss, {"gamma": 0.0, "alpha": -1.0}),
+    "alpha_ce": (SigmoidFocalLoss, {"gamma": 0.0}),
+    "focal": (SigmoidFocalLoss, {}),
+    "focal_star": (FocalStarLoss, {}),
+    "softmax_focal": (SoftmaxFocalLoss, {}),
+    "ohem": (OHEMLoss, {}),
+    "ohem_1to3": (OHEMLoss, {"neg_pos_ratio": 3.0}),
 }
+_LOSSES = {name: (cls, fixed, LOSS_PARAMS[name]) for name, (cls, fixed) in _CLASSES.items()}
 
 
 def build_classification_loss(name: str, **params) -> ClassificationLoss:
