@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 
 from focalbench.config_schema import ConfigError
 
-WEIGHTS_NAMES = ("model.pt", "checkpoints/last.ckpt")
 
 
 class RunError(ConfigError):
@@ -50,19 +49,22 @@ def run_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def find_weights(run_dir: Path, weights: str | None = None) -> Path:
+def find_weights(run_dir: Path, ckpt_dir: Path, weights: str | None = None) -> Path:
+    """``weights`` if given, else the run's ``model.pt``, else its ``last.ckpt``, else its newest checkpoint
+    (``ckpt_dir``: the run's ``checkpoint.dir``, found as training finds it)."""
+    from focalbench.train import _checkpoints_newest_first
+
     if weights:
         p = Path(weights)
         if not p.is_file():
             raise RunError(f"--weights {weights}: no such file")
         return p
-    for name in WEIGHTS_NAMES:
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    ckpts = sorted((Path(run_dir) / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if (Path(run_dir) / "model.pt").is_file():
+        return Path(run_dir) / "model.pt"
+    ckpts = _checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []
     if ckpts:
-        return ckpts[-1]
-    raise RunError(f"{run_dir}: no weights ({', '.join(WEIGHTS_NAMES)} or checkpoints/*.ckpt); train with "
+        return ckpts[0]
+    raise RunError(f"{run_dir}: no weights (model.pt or {ckpt_dir}/*.ckpt); train with "
                    "save_weights=true or trainer.enable_checkpointing=true, or give --weights FILE")
 
 
@@ -96,11 +98,11 @@ def read_weights(path: Path, use_ema: bool) -> tuple[dict, str]:
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), weights: str | None = None,
              stage: str = "validate") -> LoadedRun:
     """Compose the run's config (its own overrides, then ``overrides``), set up its data and load its weights."""
-    from focalbench.train import build_datamodule, build_module, compose, derive_schedule
+    from focalbench.train import build_datamodule, build_module, checkpoint_dir, compose, derive_schedule
 
     run_dir = Path(run_dir)
     cfg = compose([*run_overrides(run_dir), *overrides])
-    path = find_weights(run_dir, weights)
+    path = find_weights(run_dir, checkpoint_dir(cfg, run_dir), weights)
     state, kind = read_weights(path, use_ema=cfg.optim.get("ema_decay") is not None)
     dm = build_datamodule(cfg)
     dm.prepare_data()
