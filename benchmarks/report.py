@@ -212,7 +212,7 @@ def render_readme(res: dict[str, Any]) -> str:
         "differ from our tie rule (greedy NMS depends only on the order). The reference NMS runs once per "
         "repetition and serves all batch sizes.",
         "3. **Training step** (`benchmarks/train_step.py`): the cpu profile's `RetinaNetModule` "
-        "(`focalbench.train.build_module`) in a bare loop vs torchvision's `RetinaNet` with a copy of the "
+        "(`focalbench.builders.build_module`) in a bare loop vs torchvision's `RetinaNet` with a copy of the "
         "same backbone + FPN, the same anchors, a torchvision head of the same shape, the same matcher "
         "thresholds, optimiser and schedule, in a plain PyTorch loop; same synthetic batches. "
         "`train_loss_part` isolates what differs (anchors, assignment, losses). `lightning_overhead`: the "

@@ -1,7 +1,7 @@
 """Benchmark 3: one training step of the ``cpu`` profile's RetinaNet, ours vs torchvision's ``RetinaNet``.
 
 Ours: the ``RetinaNetModule`` built exactly as ``python -m focalbench.train profile=cpu`` builds it
-(``focalbench.train.build_module``), stepped in a bare loop that does what its ``training_step`` and
+(``focalbench.builders.build_module``), stepped in a bare loop that does what its ``training_step`` and
 Lightning's automatic optimisation do: forward, batched assignment + loss, finiteness check, zero_grad,
 backward, AdamW step, lr-scheduler step. Reference: ``torchvision.models.detection.RetinaNet`` with a copy of
 the same backbone + FPN (same weights), the same anchors (``make_anchor_generator``), a torchvision
@@ -13,7 +13,7 @@ like the built-in ``shapes`` set); one step of each in turn, the order swapped e
 torchvision's transform is set to the identity normalisation (the batches are already normalised) and to
 the profile's size, so it does no real resizing.
 
-Lightning's own overhead: the same module under ``lightning.Trainer`` (``focalbench.train.build_trainer``
+Lightning's own overhead: the same module under ``lightning.Trainer`` (``focalbench.builders.build_trainer``
 with the cpu profile's settings, a CSV logger, no progress bar) vs the bare loop, interleaved one step each
 inside a single ``fit`` (see ``interleaved_vs_trainer``); both fetch their batch from a ``DataLoader``.
 
@@ -94,7 +94,7 @@ def cpu_config(overrides=()):
 
 def build_ours(cfg=None, num_classes: int = NUM_CLASSES):
     """The cpu profile's ``RetinaNetModule`` (as ``focalbench.train.run`` builds it)."""
-    from focalbench.train import build_module, derive_schedule
+    from focalbench.builders import build_module, derive_schedule
 
     cfg = cfg or cpu_config()
     return build_module(cfg, num_classes, derive_schedule(cfg), summary_path=None)
@@ -227,7 +227,7 @@ def interleaved_vs_trainer(module, cfg, batches, steps: int, warmup: int) -> tup
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from focalbench.train import build_trainer
+    from focalbench.builders import build_trainer
 
     total = warmup + steps
     bare = OursStepper(module)

@@ -133,13 +133,9 @@ ALL_LOSSES = "ce, alpha_ce, focal, focal_star, softmax_focal, ohem, ohem_1to3"
     # beyond the list: parameters and keys that do not exist
     (["loss=ce", "+loss.gamma=2"], "loss.gamma=2: not a parameter of loss ce; its parameters: none"),
     (["loss=alpha_ce", "+loss.gamma=1"], "loss.gamma=1: not a parameter of loss alpha_ce; its parameters: alpha"),
-    (["loss.gama=2"], "loss.gama=2: unknown key (did you mean loss.gamma?); loss has: alpha, gamma, name"),
-    (["+loss.gama=2"], "+loss.gama=2: unknown key (did you mean loss.gamma?); loss has: alpha, batch_size, beta, "
-                       "gamma, name, neg_pos_ratio, nms_boxes, nms_iou, per_image"),
-    (["+trainer.max_step=5"], "+trainer.max_step=5: unknown key (did you mean trainer.max_steps?); trainer has: "
-                              "accelerator, benchmark, deterministic, devices, enable_checkpointing, enable_progress_bar, "
-                              "gradient_clip_val, log_every_n_steps, max_steps, num_nodes, num_threads, precision, "
-                              "strategy, sync_batchnorm, val_every_n_epochs"),
+    (["loss.gama=2"], "loss.gama=2: unknown key (did you mean loss.gamma?); loss has: _target_, alpha, gamma, name"),
+    (["+loss.gama=2"], "+loss.gama=2: unknown key (did you mean loss.gamma?); loss has: _target_, alpha, batch_size, "
+                       "beta, gamma, name, neg_pos_ratio, nms_boxes, nms_iou, per_image"),
     (["data.build_args.train=0"], "data.build_args.train=0: must be an integer >= 1"),
     (["data.build=coco"], "data.build=coco: unknown built-in dataset; allowed: shapes, digits, or null"),
     (["optim.name=adam"], "optim.name=adam: unknown optimizer; allowed: sgd, adamw"),
@@ -149,6 +145,30 @@ ALL_LOSSES = "ce, alpha_ce, focal, focal_star, softmax_focal, ohem, ohem_1to3"
 ])
 def test_bad_value_is_one_line_naming_key_value_allowed(overrides, message):
     assert error_of(overrides) == message
+
+
+def test_trainer_keys_are_lightning_trainer_arguments():
+    """Any ``lightning.Trainer`` argument is reachable as ``trainer.*`` (checked against its signature)."""
+    import inspect
+
+    from lightning import Trainer
+
+    from focalbench.builders import build_trainer
+
+    msg = error_of(["+trainer.max_step=5"])
+    assert msg.startswith("+trainer.max_step=5: unknown key (did you mean trainer.max_steps?); trainer has: ")
+    listed = set(msg.split("trainer has: ")[1].split(", "))
+    signature = set(inspect.signature(Trainer.__init__).parameters) - {"self", "logger", "default_root_dir",
+                                                                       "enable_model_summary"}
+    assert signature <= listed and {"num_threads", "val_every_n_epochs"} <= listed
+    assert error_of(["+trainer.logger=false"]).startswith("+trainer.logger=false: unknown key")
+    cfg = compose(["profile=smoke", "+trainer.accumulate_grad_batches=2", "+trainer.limit_val_batches=1",
+                   "+trainer.callbacks=[{_target_: lightning.pytorch.callbacks.LearningRateMonitor}]"])
+    t = build_trainer(cfg, Path("unused"), 4, [], [])
+    assert t.accumulate_grad_batches == 2 and t.limit_val_batches == 1
+    assert any(type(cb).__name__ == "LearningRateMonitor" for cb in t.callbacks)
+    with pytest.raises(ConfigError, match=r"^trainer.callbacks\[0\]._target_=nope.X: cannot import nope"):
+        compose(["profile=smoke", "+trainer.callbacks=[{_target_: nope.X}]"])
 
 
 def test_sweep_choices_of_a_group_are_checked():

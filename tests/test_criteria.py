@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
+from focalbench.builders import build_part
 from focalbench.losses import build_classification_loss, one_hot_targets, select_hard_examples
 from focalbench.model.anchors import grid_anchors
 
@@ -32,7 +33,8 @@ def batch(seed=0, n=2, h=64, w=64, dtype=torch.float64, fg_rate=0.03):
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_builds_every_config(path):
     cfg = OmegaConf.to_container(OmegaConf.load(path))
-    loss_fn = build_classification_loss(**cfg)
+    assert cfg["_target_"] == "focalbench.losses.build_classification_loss"
+    loss_fn = build_part(cfg, "loss")  # as a run builds it, from the file's _target_
     logits, labels, anchors = batch(dtype=torch.float32)
     if loss_fn.logits_per_anchor(K) == K + 1:
         logits = torch.cat([logits[..., :1], logits], dim=-1)

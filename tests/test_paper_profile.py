@@ -92,14 +92,12 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paper_model(cfg, hub):
-    from focalbench.losses import build_classification_loss
+    from focalbench.builders import build_model
 
     mp = pytest.MonkeyPatch()
     mp.setenv("TORCH_HOME", str(hub[0]))
     try:
-        criterion = build_classification_loss(**OmegaConf.to_container(cfg.loss, resolve=True))
-        return build_retinanet(NUM_CLASSES, criterion, anchors=OmegaConf.to_container(cfg.anchors, resolve=True),
-                               **OmegaConf.to_container(cfg.model, resolve=True))
+        return build_model(cfg, NUM_CLASSES)  # as a run builds it: each part from its _target_
     finally:
         mp.undo()
 

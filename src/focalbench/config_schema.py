@@ -55,7 +55,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "check_command_line",
            "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule", "config_entries", "check_added_keys",
-           "check_data_root", "composition_error_line", "check_output_dir", "os_error_line"]
+           "check_data_root", "composition_error_line", "check_output_dir", "os_error_line", "PARTS", "PART",
+           "SCHEDULE_KEYS", "TRAINER_KEYS", "trainer_arguments"]
 
 P7_STRIDE = 128
 # loss name -> its parameters (conf/loss/<name>.yaml, focalbench.losses.build_classification_loss)
@@ -82,6 +83,51 @@ VERIFY = ("auto", "all", "lazy")                                        # data.c
 # keyword arguments beyond conf/data/, and build_dataset's seed of a built-in set.
 EXTRA_KEYS = ("data.verify_images", "data.box_tolerance", "data.cache_limit_mb", "data.drop_last",
               "data.build_args.seed")
+
+@dataclass(frozen=True)
+class Part:
+    """A config section that instantiates (focalbench.parts): its key, the packaged target, the keys the
+    section holds for focalbench rather than for the target (``drop``), the arguments the builder passes at
+    run time (``runtime``), and the rules that still apply when a user's own target replaces ours (``keep``)."""
+    key: str
+    builtin: str | tuple[str, ...]
+    drop: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+
+
+# the learning-rate schedule and the linear scaling rule stay focalbench's, whatever optimiser a target makes
+SCHEDULE_KEYS = ("schedule", "steps", "gamma", "min_factor", "warmup_iters", "warmup_factor", "scale_with_batch",
+                 "base_batch", "ema_decay")
+PARTS: tuple[Part, ...] = (
+    Part("loss", "focalbench.losses.build_classification_loss"),
+    Part("model.backbone", "focalbench.model.backbone.build_body"),
+    Part("optim", "focalbench.model.lit.build_optimizer", drop=SCHEDULE_KEYS, runtime=("params",),
+         keep=tuple(f"optim.{k}" for k in ("lr",) + SCHEDULE_KEYS)),
+    Part("data", "focalbench.data.CocoDataModule", runtime=("seed",), keep=("data.batch_size",)),
+    Part("logger", ("focalbench.tracking.tensorboard_logger", "focalbench.tracking.wandb_logger"),
+         drop=("log_images",), runtime=("save_dir", "config", "identity", "run_id")),
+)
+PART = {p.key: p for p in PARTS}
+# trainer.* keys focalbench maps onto lightning.Trainer itself (conf/trainer/default.yaml); any other trainer.* key
+# is passed to the Trainer as it is and must be one of its arguments (trainer_arguments: its own signature)
+TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "max_steps", "val_every_n_epochs",
+                "log_every_n_steps", "gradient_clip_val", "deterministic", "sync_batchnorm", "benchmark",
+                "enable_progress_bar", "enable_checkpointing", "num_threads")
+# Trainer arguments a run sets from other sections (logger=..., the run directory): not settable as trainer.*
+TRAINER_OWNED = ("logger", "default_root_dir", "enable_model_summary")
+
+
+def trainer_arguments() -> tuple[str, ...]:
+    """The keyword arguments of ``lightning.Trainer`` (read from its signature; imports Lightning)."""
+    import inspect
+
+    from lightning import Trainer
+
+    return tuple(p for p in inspect.signature(Trainer.__init__).parameters if p != "self"
+                 and p not in TRAINER_OWNED)
+
+
 COCO_ROOT_HELP = "data.root is required (the COCO folder holding annotations/ and the images)"
 
 
@@ -333,7 +379,11 @@ def validate_config(cfg: DictConfig | dict, complete: bool = False,
             raise ConfigError(f"{missing[0]}=???: a value is required (set it on the command line, "
                               f"e.g. {missing[0]}=...)")
     c = _plain(cfg)
+    external = _check_parts(c)
     for rule in rules:
+        part = next((p for p in external if rule.key.startswith(p.key + ".")), None)
+        if part is not None and rule.key not in part.keep:
+            continue  # a user's own target: its signature says what it takes (_check_parts)
         found, value = _lookup(c, rule.key)
         if not found:
             if rule.optional:
@@ -344,20 +394,86 @@ def validate_config(cfg: DictConfig | dict, complete: bool = False,
         ok = rule.check(value, c) if rule.needs_cfg else rule.check(value)
         if not ok:
             raise ConfigError(f"{rule.key}={_show(value)}: {_allowed(rule, c)}")
-    if "loss" in c:
+    if "loss" in c and PART["loss"] not in external:
         _check_loss(c["loss"])
+    if isinstance(c.get("trainer"), dict) and rules is RULES:
+        _check_trainer(c["trainer"])
     return cfg
+
+
+def _check_trainer(trainer: dict) -> None:
+    extra = [k for k in trainer if k not in TRAINER_KEYS]
+    if not extra:
+        return
+    allowed = trainer_arguments()
+    for k in extra:
+        if k in TRAINER_OWNED:
+            raise ConfigError(f"trainer.{k}: set by focalbench (logger=..., hydra.run.dir=...), not a trainer key")
+        if k not in allowed:
+            raise unknown_key_error(f"trainer.{k}", _show(trainer[k]), [f"trainer.{a}" for a in
+                                                                      (*TRAINER_KEYS, *allowed)])
+    callbacks = trainer.get("callbacks")
+    if callbacks is not None:
+        if not isinstance(callbacks, list) or not all(isinstance(cb, dict) and cb.get("_target_") for cb in callbacks):
+            raise ConfigError(f"trainer.callbacks={_show(callbacks)}: must be a list of {{_target_: ..., <arguments>}}"
+                              f" (Lightning callbacks, added to focalbench's own)")
+        from focalbench import parts
+
+        for i, cb in enumerate(callbacks):
+            try:
+                parts.check_part(cb, f"trainer.callbacks[{i}]")
+            except parts.TargetError as e:
+                raise ConfigError(str(e)) from None
+
+
+def _check_parts(c: dict) -> list[Part]:
+    """The sections whose ``_target_`` is a user's own (their keys checked against its signature); a
+    ``_target_`` inside focalbench must be the section's packaged one (the config hash leaves it out)."""
+    from focalbench import parts
+
+    external = []
+    for part in PARTS:
+        found, section = _lookup(c, part.key)
+        if not found or not isinstance(section, dict):
+            continue
+        target = parts.target_of(section)
+        builtin = (part.builtin,) if isinstance(part.builtin, str) else part.builtin
+        if target is None:
+            continue
+        if parts.is_builtin(target):
+            if target not in builtin:
+                raise ConfigError(f"{part.key}._target_={target}: focalbench's own {part.key} is built by "
+                                  f"{' or '.join(builtin)} (choose a built-in one by its name)")
+            continue
+        try:
+            parts.check_part(section, part.key, drop=part.drop, runtime=part.runtime,
+                             inherited=parts.params_of(part.builtin))
+        except parts.TargetError as e:
+            raise ConfigError(str(e)) from None
+        external.append(part)
+    return external
 
 
 def _check_loss(loss: dict) -> None:
     name = loss["name"]
     allowed = LOSS_PARAMS[name]
     for key in loss:
-        if key != "name" and key not in allowed:
+        if key not in ("name", "_target_") and key not in allowed:
             raise ConfigError(f"loss.{key}={_show(loss[key])}: not a parameter of loss {name}; its parameters: "
                               f"{', '.join(allowed) or 'none'}")
     if name == "focal_star" and loss.get("gamma") == 0:
         raise ConfigError("loss.gamma=0: must be > 0 for focal_star (FL* divides by gamma)")
+
+
+def searchpath_dirs(overrides: Sequence[str]) -> list[str]:
+    """The local folders a ``hydra.searchpath=[file://dir,...]`` override adds (a user's own config files)."""
+    dirs = []
+    for o in overrides:
+        key, _, value = o.lstrip("+").partition("=")
+        if key == "hydra.searchpath":
+            dirs += [v.strip().strip("'\"")[len("file://"):] for v in value.strip("[]").split(",")
+                     if v.strip().strip("'\"").startswith("file://")]
+    return dirs
 
 
 def group_options(conf_dirs: Iterable[str | Path]) -> dict[str, list[str]]:
@@ -632,7 +748,8 @@ def check_command_line(argv: Sequence[str], conf_dirs: Sequence[str | Path], com
     from hydra._internal.utils import get_args_parser  # Hydra's own command line, so its flags parse as in main
 
     args, _ = get_args_parser().parse_known_args(list(argv))
-    groups = group_options([*conf_dirs, *([args.config_dir] if args.config_dir else [])])
+    groups = group_options([*conf_dirs, *([args.config_dir] if args.config_dir else []),
+                            *searchpath_dirs(args.overrides)])
     groups.update(extra_groups or {})
     own_config = not (args.config_dir or args.config_name or args.config_path or args.experimental_rerun)
     plain_run = own_config and not (args.multirun or args.cfg or args.info or args.help or args.hydra_help

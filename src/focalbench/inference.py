@@ -52,7 +52,7 @@ def run_overrides(run_dir: Path) -> list[str]:
 def find_weights(run_dir: Path, ckpt_dir: Path, weights: str | None = None) -> Path:
     """``weights`` if given, else the run's ``model.pt``, else its ``last.ckpt``, else its newest checkpoint
     (``ckpt_dir``: the run's ``checkpoint.dir``, found as training finds it)."""
-    from focalbench.train import _checkpoints_newest_first
+    from focalbench.checkpoints import checkpoints_newest_first
 
     if weights:
         p = Path(weights)
@@ -61,7 +61,7 @@ def find_weights(run_dir: Path, ckpt_dir: Path, weights: str | None = None) -> P
         return p
     if (Path(run_dir) / "model.pt").is_file():
         return Path(run_dir) / "model.pt"
-    ckpts = _checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []
+    ckpts = checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []
     if ckpts:
         return ckpts[0]
     raise RunError(f"{run_dir}: no weights (model.pt or {ckpt_dir}/*.ckpt); train with "
@@ -98,7 +98,9 @@ def read_weights(path: Path, use_ema: bool) -> tuple[dict, str]:
 def load_run(run_dir: str | Path, overrides: Sequence[str] = (), weights: str | None = None,
              stage: str = "validate") -> LoadedRun:
     """Compose the run's config (its own overrides, then ``overrides``), set up its data and load its weights."""
-    from focalbench.train import build_datamodule, build_module, checkpoint_dir, compose, derive_schedule
+    from focalbench.builders import build_datamodule, build_module, derive_schedule
+    from focalbench.checkpoints import checkpoint_dir
+    from focalbench.train import compose
 
     run_dir = Path(run_dir)
     cfg = compose([*run_overrides(run_dir), *overrides])

@@ -100,34 +100,59 @@ def wandb_run_id(run_dir: str | Path, resume: bool) -> str:
 def make_loggers(logger_cfg: Mapping[str, Any], run_dir: str | Path, config: dict, tags: Mapping[str, Any],
                  run_name: str | None = None, identity: Mapping[str, Any] | None = None,
                  run_id: str | None = None) -> list[Logger]:
-    """``[CSVLogger]`` (+ ``WandbLogger`` or ``TensorBoardLogger``). ``config`` is the resolved config (a plain
-    dict); ``identity`` the W&B name/group/job_type/tags (``run_identity``; default: ``run_name`` and the
-    group and job type of ``tags``); ``run_id`` the W&B run id (default: a new one)."""
-    check_logger(logger_cfg)
-    name = logger_cfg.get("name", "csv")
+    """``[CSVLogger]`` plus the logger of ``logger_cfg`` (its ``_target_``: ``wandb_logger``,
+    ``tensorboard_logger`` or a user's Lightning logger class, which gets ``save_dir=<run dir>`` when it takes
+    one and the run's config as hyperparameters). ``config`` is the resolved config (a plain dict);
+    ``identity`` the W&B name/group/job_type/tags (``run_identity``; default: ``run_name`` and the group and job
+    type of ``tags``); ``run_id`` the W&B run id (default: a new one)."""
+    from focalbench.builders import build_part
+    from focalbench.parts import is_external
+
     loggers: list[Logger] = [CSVLogger(str(run_dir), name="csv", version=0)]
-    if name == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
+    cfg = dict(logger_cfg)
+    if is_external(cfg):
+        extra = build_part(cfg, "logger", save_dir=str(run_dir))
+        extra.log_hyperparams(config)
+        return loggers + [extra]
+    check_logger(cfg)
+    if not cfg.get("_target_"):
+        cfg["_target_"] = {"tensorboard": TENSORBOARD, "wandb": WANDB}.get(cfg.get("name", "csv"))
+    if cfg["_target_"] is None:  # csv only
+        return loggers
+    ident = dict(identity or {"name": run_name, "group": tags.get("group"), "job_type": tags.get("job_type")})
+    return loggers + [build_part(cfg, "logger", save_dir=str(run_dir), config=config, identity=ident,
+                                 run_id=run_id)]
 
-        # <run dir>/tensorboard/: `tensorboard --logdir outputs` lists every run by its directory
-        tb = TensorBoardLogger(str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-        tb.log_hyperparams(config)
-        loggers.append(tb)
-    elif name == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
 
-        mode = logger_cfg.get("mode") or "offline"
-        if mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logger.mode must be offline, online or disabled, got {mode!r}")
-        ident = dict(identity or {"name": run_name, "group": tags.get("group"), "job_type": tags.get("job_type")})
-        # a fixed id lets the launching process reopen the same run after spawned DDP children trained
-        wl = WandbLogger(project=logger_cfg.get("project", "focalbench"), entity=logger_cfg.get("entity"),
-                         save_dir=str(run_dir), mode=mode, group=ident.get("group"), job_type=ident.get("job_type"),
-                         name=ident.get("name"), tags=ident.get("tags") or None, id=run_id or uuid.uuid4().hex[:8],
-                         config=config, resume="allow")
-        wl._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None: W&B warns on every run
-        loggers.append(wl)
-    return loggers
+TENSORBOARD = "focalbench.tracking.tensorboard_logger"
+WANDB = "focalbench.tracking.wandb_logger"
+
+
+def tensorboard_logger(save_dir: str, config: dict) -> Logger:
+    """``logger=tensorboard``: event files in ``<run dir>/tensorboard/`` (``tensorboard --logdir outputs``
+    lists every run by its directory), the run's config as hyperparameters."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    tb = TensorBoardLogger(save_dir, name="tensorboard", version="", default_hp_metric=False)
+    tb.log_hyperparams(config)
+    return tb
+
+
+def wandb_logger(save_dir: str, config: dict, identity: Mapping[str, Any], run_id: str | None = None,
+                 project: str = "focalbench", entity: str | None = None,
+                 mode: str | None = "offline") -> Logger:
+    """``logger=wandb``: offline unless ``mode=online``; a fixed ``run_id`` lets the launching process reopen
+    the same run after spawned DDP children trained (``finish_wandb``)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    mode = mode or "offline"
+    if mode not in ("offline", "online", "disabled"):
+        raise ValueError(f"logger.mode must be offline, online or disabled, got {mode!r}")
+    wl = WandbLogger(project=project, entity=entity, save_dir=save_dir, mode=mode, group=identity.get("group"),
+                     job_type=identity.get("job_type"), name=identity.get("name"), tags=identity.get("tags") or None,
+                     id=run_id or uuid.uuid4().hex[:8], config=config, resume="allow")
+    wl._wandb_init.pop("anonymous", None)  # Lightning passes anonymous=None: W&B warns on every run
+    return wl
 
 
 def finish_wandb(loggers: Sequence[Logger], metrics: Mapping[str, Any] | None, metrics_path: Path | None) -> None:

@@ -24,11 +24,16 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import (EXTRA_KEYS, ConfigError, check_added_keys, check_command_line,
-                                      check_data_root, check_group_choices, composition_error_line,
+from focalbench.config_schema import (EXTRA_KEYS, trainer_arguments, ConfigError, check_added_keys, check_command_line,
+                                      check_data_root, check_group_choices, composition_error_line, group_options, searchpath_dirs,
                                       config_entries, exit_config_error, os_error_line, validate_config)
 from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
+from focalbench.checkpoints import (CheckpointError, checkpoint_dir, continue_csv_log,  # noqa: F401
+                                    resolve_ckpt_path)
+from focalbench.builders import (build_callbacks, build_datamodule, build_module, build_trainer,  # noqa: F401
+                                 derive_schedule)
+from focalbench.parts import strip_builtin_targets
 from focalbench.paths import CONF_DIR  # the package's conf/, or $FOCALBENCH_CONF
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
@@ -64,6 +69,8 @@ def _compose(overrides: list[str], validate: bool) -> DictConfig:
         return hydra.compose(config_name="train", overrides=overrides, return_hydra_config=True)
     loader = GlobalHydra.instance().config_loader()
     groups = {g: loader.get_group_options(g) for g in loader.list_groups("")}
+    for g, options in group_options(searchpath_dirs(overrides)).items():  # hydra.searchpath=[file://my_conf]
+        groups[g] = sorted({*groups.get(g, []), *options})
     check_group_choices(overrides, groups)
     check_added_keys(overrides, known_keys, groups)  # +foo=1 would change the hash and nothing else
     try:
@@ -82,7 +89,8 @@ def _compose(overrides: list[str], validate: bool) -> DictConfig:
 def known_keys() -> list[str]:
     """What ``+key=`` may add: every key a file of conf/ sets (any group option) and the code's EXTRA_KEYS."""
     groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
-    return [*config_entries(CONF_DIR / "train.yaml", groups), *EXTRA_KEYS]
+    return [*config_entries(CONF_DIR / "train.yaml", groups), *EXTRA_KEYS,
+            *(f"trainer.{a}" for a in trainer_arguments())]  # any lightning.Trainer argument: +trainer.fast_dev_run=2
 
 
 def builtin_roots() -> list[str]:
@@ -97,7 +105,7 @@ def run_config_for_hash(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NON_HASHED]), resolve=True)
     for k in NON_HASHED_TRAINER:
         c.get("trainer", {}).pop(k, None)
-    return c
+    return strip_builtin_targets(c)  # focalbench's own builders are named by the sections' names (parts.py)
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
@@ -106,200 +114,6 @@ def _overrides(cfg: DictConfig) -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return []
-
-
-def _num_devices(devices: Any) -> int:
-    if isinstance(devices, int):
-        return devices if devices > 0 else max(1, torch.cuda.device_count())
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if isinstance(devices, str) and devices.isdigit():
-        return int(devices)
-    return max(1, torch.cuda.device_count()) if devices in ("auto", "-1") else 1
-
-
-def derive_schedule(cfg: DictConfig) -> dict:
-    """lr / iterations / lr steps / warm-up for the actual total batch (linear scaling rule, Goyal et al.)."""
-    total = int(cfg.data.batch_size) * _num_devices(cfg.trainer.devices) * int(cfg.trainer.num_nodes)
-    o = cfg.optim
-    k = total / float(o.base_batch) if o.get("scale_with_batch", False) else 1.0
-    if k <= 0:
-        raise ValueError(f"optim.base_batch must be positive, got {o.base_batch!r}")
-    return {"effective_batch": total, "lr": float(o.lr) * k,
-            "max_steps": max(1, round(int(cfg.trainer.max_steps) / k)),
-            "steps": [max(1, round(int(s) / k)) for s in (o.get("steps") or [])],
-            "warmup_iters": round(int(o.get("warmup_iters", 0)) / k)}
-
-
-# -------------------------------------------------------------------------------------------------- build
-def build_datamodule(cfg: DictConfig):
-    from focalbench.data import CocoDataModule
-
-    d = OmegaConf.to_container(cfg.data, resolve=True)
-    return CocoDataModule(**d, seed=int(cfg.seed))
-
-
-def build_module(cfg: DictConfig, num_classes: int, schedule: dict, summary_path: str | None):
-    from focalbench.losses import build_classification_loss
-    from focalbench.model import build_retinanet
-    from focalbench.model.lit import RetinaNetModule
-
-    criterion = build_classification_loss(**OmegaConf.to_container(cfg.loss, resolve=True))
-    m = OmegaConf.to_container(cfg.model, resolve=True)
-    model = build_retinanet(num_classes, criterion, anchors=OmegaConf.to_container(cfg.anchors, resolve=True), **m)
-    optim = dict(OmegaConf.to_container(cfg.optim, resolve=True), lr=schedule["lr"], steps=schedule["steps"],
-                 warmup_iters=schedule["warmup_iters"])
-    log_images = int(cfg.logger.get("log_images", 0)) if cfg.logger.name == "wandb" else 0
-    return RetinaNetModule(model, optim, schedule["max_steps"], batch_size=int(cfg.data.batch_size),
-                           summary_path=summary_path, eval_backend=cfg.get("eval_backend", "faster"),
-                           log_images=log_images)
-
-
-def build_trainer(cfg: DictConfig, out: Path, max_steps: int, loggers: list, callbacks: list):
-    import lightning as L
-
-    t = cfg.trainer
-    accelerator = t.accelerator
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    every = int(t.val_every_n_epochs or 0)
-    if every < 0:
-        raise ValueError(f"trainer.val_every_n_epochs must be >= 0 (0: final evaluation only), got {every}")
-    strategy = t.strategy
-    if on_cpu and strategy in ("ddp", "ddp_spawn"):
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(start_method="spawn" if strategy == "ddp_spawn" else "popen",
-                               process_group_backend="gloo")
-    return L.Trainer(
-        accelerator=accelerator, devices=t.devices, strategy=strategy, num_nodes=t.num_nodes,
-        precision=t.precision, max_steps=max_steps, max_epochs=-1,
-        # every == 0: one validation exactly at the last step, inside fit (no second spawn under ddp_spawn)
-        check_val_every_n_epoch=every if every > 0 else None, val_check_interval=None if every > 0 else max_steps,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic, benchmark=t.benchmark, sync_batchnorm=bool(t.sync_batchnorm) and not on_cpu,
-        enable_progress_bar=t.enable_progress_bar, enable_checkpointing=t.enable_checkpointing,
-        enable_model_summary=False, logger=loggers, callbacks=callbacks, default_root_dir=str(out))
-
-
-def _ema_callbacks(cfg: DictConfig) -> list:
-    decay = cfg.optim.get("ema_decay")
-    if not decay:
-        return []
-    from focalbench.model.ema import WeightEMA
-
-    return [WeightEMA(float(decay))]
-
-
-def _pruning_callbacks(cfg: DictConfig) -> list:
-    # Pruning needs intermediate evaluations; with val_every_n_epochs=0 the only one is the final one.
-    if cfg.optuna.get("trial_number") is None or not int(cfg.trainer.val_every_n_epochs or 0):
-        return []
-    try:
-        from focalbench.sweeps.pruning import OptunaPruningCallback
-    except ImportError:
-        return []
-    return [OptunaPruningCallback(cfg.optuna, monitor="val/AP")]
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-class CheckpointError(DataError):
-    """A checkpoint to resume from that is missing or belongs to another config (one line)."""
-
-
-def checkpoint_dir(cfg: DictConfig, out: Path) -> Path:
-    """``checkpoint.dir``, relative to the run directory ``out`` (default ``<run dir>/checkpoints``)."""
-    d = Path(str(OmegaConf.select(cfg, "checkpoint.dir", default=None) or "checkpoints"))
-    return d if d.is_absolute() else out / d
-
-
-def _checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
-    last = ckpt_dir / "last.ckpt"
-    others = sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
-    return ([last] if last.exists() else []) + others
-
-
-def _read_checkpoint_info(path: Path) -> dict | None:
-    """``global_step`` and our ``focalbench`` entry of a Lightning checkpoint; None if it cannot be read."""
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # not a zip file (an old format): read it whole
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: the caller tries the next one
-        return None
-    return {"global_step": int(ckpt.get("global_step", 0)), **(ckpt.get("focalbench") or {})}
-
-
-def resolve_ckpt_path(cfg: DictConfig, out: Path, run_hash: str) -> tuple[Path | None, dict]:
-    """The checkpoint ``trainer.fit`` resumes from, and its info (``global_step``, ``config_hash``).
-
-    ``ckpt_path`` null: the newest readable checkpoint of ``checkpoint_dir`` (``last.ckpt`` first), if any, so
-    that rerunning a killed command in the same run directory continues it; ``last``: the same, required; a
-    path: that file. A checkpoint found in the run directory that another config saved is refused (a reused
-    run directory must not continue someone else's run); a path given explicitly only logs a warning.
-    """
-    spec = cfg.get("ckpt_path")
-    ckpt_dir = checkpoint_dir(cfg, out)
-    if spec is None or str(spec) == "last":
-        for path in _checkpoints_newest_first(ckpt_dir) if ckpt_dir.is_dir() else []:
-            info = _read_checkpoint_info(path)
-            if info is None:
-                log.warning("checkpoint %s cannot be read; trying an older one", path)
-                continue
-            if info.get("config_hash") not in (None, run_hash):
-                raise CheckpointError(
-                    f"{path}: saved by another config (hash {info['config_hash']}, this run {run_hash}); use another "
-                    f"run directory (hydra.run.dir=...), or ckpt_path={path} to load it anyway")
-            return path, info
-        if spec is not None:
-            raise CheckpointError(f"ckpt_path=last: no readable checkpoint in {ckpt_dir}; give the killed run's "
-                                  f"directory (hydra.run.dir=...) or ckpt_path=/path/to/file.ckpt")
-        return None, {}
-    path = Path(str(spec)).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={spec}: no such file")
-    info = _read_checkpoint_info(path)
-    if info is None:
-        raise CheckpointError(f"ckpt_path={spec}: not a readable checkpoint")
-    if info.get("config_hash") not in (None, run_hash):
-        log.warning("%s was saved by another config (hash %s, this run %s)", path, info["config_hash"], run_hash)
-    return path, info
-
-
-def _checkpoint_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
-    if not cfg.trainer.enable_checkpointing:
-        return []
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    c = cfg.get("checkpoint") or {}
-    every = c.get("every_n_train_steps")
-    # step-N.ckpt (no "=": a path given back as ckpt_path=... must parse as a Hydra override) and last.ckpt, one
-    # name each (no last-v1.ckpt when a moved run directory resumes); saved at the end of every
-    # training epoch (never inside a validation pass, where the EMA weights are swapped in) or every N steps
-    return [ModelCheckpoint(dirpath=str(ckpt_dir), filename="step-{step}", auto_insert_metric_name=False,
-                            save_last=bool(c.get("save_last", True)),
-                            save_top_k=int(c.get("save_top_k", 1)), every_n_train_steps=int(every) if every else None,
-                            save_on_train_epoch_end=True, enable_version_counter=False)]
-
-
-def _continue_csv_log(csv_logger, from_step: int) -> None:
-    """A resumed run continues the killed run's ``metrics.csv``: Lightning's CSV writer deletes the file when
-    it starts, so its rows before ``from_step`` (the steps after it are trained again) are written back first."""
-    import csv
-
-    path = Path(csv_logger.log_dir) / "metrics.csv"
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-        rows = [r for r in rows if not str(r.get("step", "")).isdigit() or int(r["step"]) < from_step]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        writer = csv_logger.experiment  # removes the old file
-    if rows:
-        writer.metrics = rows + writer.metrics
-        writer.save()
 
 
 # ------------------------------------------------------------------------------------------------ logging
@@ -326,7 +140,7 @@ def _wandb_identity(cfg: DictConfig, overrides: list[str]) -> dict:
     profile = OmegaConf.select(hc, "runtime.choices.profile") if hc is not None else None
     return run_identity(overrides, OmegaConf.to_container(cfg.tags, resolve=True), int(cfg.seed),
                         study=cfg.optuna.get("study_name"), sweep_dir=sweep_dir, profile=profile,
-                        loss=str(cfg.loss.name))
+                        loss=str(cfg.loss.get("name") or cfg.loss.get("_target_")))
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -373,13 +187,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike) -> dict:
         module.config_hash = metrics["config_hash"]  # saved in each checkpoint: resume checks it
         run_id = wandb_run_id(out, resume=resume_from is not None) if cfg.logger.name == "wandb" and is_zero else None
         loggers = make_loggers(cfg.logger, out, resolved, cfg.tags, identity=identity, run_id=run_id)
-        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers,
-                                _ema_callbacks(cfg) + _pruning_callbacks(cfg) + _checkpoint_callbacks(cfg, ckpt_dir))
+        trainer = build_trainer(cfg, out, schedule["max_steps"], loggers, build_callbacks(cfg, ckpt_dir))
         is_zero = trainer.is_global_zero
         if resume_from is not None:
             log.info("resuming from %s (step %d)", resume_from, resume_info["global_step"])
             if is_zero:
-                _continue_csv_log(loggers[0], resume_info["global_step"])
+                continue_csv_log(loggers[0], resume_info["global_step"])
         try:
             with warnings.catch_warnings():
                 if resume_from is not None:  # the killed run's checkpoints are continued on purpose

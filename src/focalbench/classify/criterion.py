@@ -16,18 +16,21 @@ from typing import Any
 
 import torch
 
-from focalbench.losses import build_classification_loss
 
 DETECTION_ONLY = ("ohem", "ohem_1to3")
 CLASSIFICATION_LOSSES = ("ce", "alpha_ce", "focal", "focal_star", "softmax_focal")
 
 
 def build_criterion(name: str | None = None, **params: Any):
-    """The ``focalbench.losses`` criterion named by ``loss.name``; OHEM variants are refused here."""
-    if name in DETECTION_ONLY:
+    """The criterion of ``loss`` (its ``_target_``, by default ``focalbench.losses`` by ``loss.name``); OHEM
+    variants are refused here."""
+    from focalbench.builders import build_part
+    from focalbench.parts import is_external
+
+    if name in DETECTION_ONLY and not is_external(params):
         raise ValueError(f"loss={name}: detection-only (it selects anchors by box NMS); allowed here: "
                          f"{', '.join(CLASSIFICATION_LOSSES)}")
-    return build_classification_loss(name=name, **params)
+    return build_part({"name": name, **params}, "loss")
 
 
 def sample_losses(criterion, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from focalbench.config_schema import validate_config
 from focalbench.paths import PACKAGE_DIR
+from focalbench.parts import strip_builtin_targets
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
 from .criterion import build_criterion
@@ -57,7 +58,7 @@ def run_config_for_hash(cfg: DictConfig | dict) -> dict:
     for k in _NOT_HASHED:
         c.pop(k, None)
     c["trainer"] = {k: v for k, v in c.get("trainer", {}).items() if k not in _NOT_HASHED_TRAINER}
-    return c
+    return strip_builtin_targets(c)  # focalbench's own builders are named by loss.name (focalbench.parts)
 
 
 class _Batches(torch.utils.data.IterableDataset):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from focalbench.model.anchors import grid_anchors, num_anchors, num_anchors_per_location
-from focalbench.model.backbone import BackboneFPN, SmallResNet, build_backbone
+from focalbench.model.backbone import BackboneFPN, SmallResNet, build_backbone, build_body
 from focalbench.model.head import RetinaNetHead, prior_bias
 from focalbench.model.matcher import BatchedMatcher
 from focalbench.model.retinanet import HeadOutputs, RetinaNet
@@ -19,8 +19,11 @@ def build_retinanet(num_classes: int, criterion: nn.Module, backbone: Mapping[st
                     fg_iou: float = 0.5, bg_iou: float = 0.4, allow_low_quality_matches: bool = False,
                     smooth_l1_beta: float = 0.11, score_thresh: float = 0.05, topk_candidates: int = 1000,
                     nms_thresh: float = 0.5, detections_per_img: int = 100, channels_last: bool = False,
-                    **unused: Any) -> RetinaNet:
-    """A ``RetinaNet`` from the ``model`` and ``anchors`` config groups (plain values, no Hydra needed)."""
+                    body: nn.Module | None = None, **unused: Any) -> RetinaNet:
+    """A ``RetinaNet`` from the ``model`` and ``anchors`` config groups (plain values, no Hydra needed).
+
+    ``body``: a backbone body already built (``model.backbone._target_``, focalbench.builders); else the
+    ``backbone`` section builds one (``build_body``)."""
     if unused:
         raise ValueError(f"model: unknown keys {sorted(unused)}")
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -35,7 +38,10 @@ def build_retinanet(num_classes: int, criterion: nn.Module, backbone: Mapping[st
         prior_bias(prior_prob)  # validates
         cls_bias = (criterion.prior_bias(prior_prob, num_classes) if hasattr(criterion, "prior_bias")
                     else prior_bias(prior_prob))
-    bb = build_backbone(fpn_channels=fpn_channels, **dict(backbone))
+    if body is not None:
+        bb = build_backbone(fpn_channels=fpn_channels, body=body)
+    else:
+        bb = build_backbone(fpn_channels=fpn_channels, **{k: v for k, v in dict(backbone).items() if k != "_target_"})
     h = RetinaNetHead(fpn_channels, per_loc, num_logits, num_convs=head.get("num_convs", 4),
                       width=head.get("width") or fpn_channels, norm=head.get("norm", "none"), cls_bias=cls_bias)
     model = RetinaNet(bb, h, criterion, num_classes, num_scales, num_ratios, a.get("size_multiplier", 4.0),
@@ -47,5 +53,5 @@ def build_retinanet(num_classes: int, criterion: nn.Module, backbone: Mapping[st
 
 
 __all__ = ["BackboneFPN", "BatchedMatcher", "HeadOutputs", "RetinaNet", "RetinaNetHead", "SmallResNet",
-           "build_backbone", "build_retinanet", "grid_anchors", "num_anchors", "num_anchors_per_location",
+           "build_backbone", "build_body", "build_retinanet", "grid_anchors", "num_anchors", "num_anchors_per_location",
            "prior_bias"]

@@ -187,15 +187,33 @@ class BackboneFPN(nn.Module):
         return list(self.fpn(self.body(x)).values())
 
 
-def build_backbone(name: str = "small", widths: Sequence[int] = (32, 64, 128, 256),
-                   blocks: Sequence[int] = (1, 1, 1, 1), weights: str | None = None, norm: str = "bn",
-                   freeze_at: int = 0, fpn_channels: int = 256) -> BackboneFPN:
+def build_body(name: str = "small", widths: Sequence[int] = (32, 64, 128, 256), blocks: Sequence[int] = (1, 1, 1, 1),
+               weights: str | None = None, norm: str = "bn", freeze_at: int = 0) -> nn.Module:
+    """The body of ``model.backbone`` (its packaged ``_target_``): C3-C5 maps at strides 8, 16, 32 as an
+    OrderedDict, their channels in ``out_channels``. A user's own body keeps that contract."""
     if name == "small":
         if weights:
             raise ValueError(f"model.backbone.weights must be null for the small body, got {weights!r}")
-        body = SmallResNet(widths, blocks, norm)
-    elif name in BODIES:
-        body = TorchvisionResNet(name, weights, norm, freeze_at)
-    else:
-        raise ValueError(f"model.backbone.name must be one of {BODIES}, got {name!r}")
+        return SmallResNet(widths, blocks, norm)
+    if name in BODIES:
+        return TorchvisionResNet(name, weights, norm, freeze_at)
+    raise ValueError(f"model.backbone.name must be one of {BODIES}, got {name!r}")
+
+
+def check_body(body: nn.Module, target: str = "model.backbone") -> nn.Module:
+    """A body FPN can sit on: an ``nn.Module`` with ``out_channels``, three positive channel counts (C3-C5)."""
+    ch = getattr(body, "out_channels", None)
+    if not isinstance(body, nn.Module) or not isinstance(ch, (list, tuple)) or len(ch) != 3 \
+            or not all(isinstance(c, int) and c > 0 for c in ch):
+        raise ValueError(f"{target}: the body must be an nn.Module with out_channels = [C3, C4, C5] channels "
+                         f"(3 positive integers) returning those maps at strides 8, 16, 32; got "
+                         f"{type(body).__name__} with out_channels={ch!r}")
+    return body
+
+
+def build_backbone(name: str = "small", widths: Sequence[int] = (32, 64, 128, 256),
+                   blocks: Sequence[int] = (1, 1, 1, 1), weights: str | None = None, norm: str = "bn",
+                   freeze_at: int = 0, fpn_channels: int = 256, body: nn.Module | None = None) -> BackboneFPN:
+    """Body (``build_body``, or ``body`` when given) + FPN."""
+    body = check_body(body) if body is not None else build_body(name, widths, blocks, weights, norm, freeze_at)
     return BackboneFPN(body, fpn_channels)

@@ -40,6 +40,16 @@ def lr_factor(step: int, max_steps: int, warmup_iters: int, warmup_factor: float
     return f
 
 
+def build_optimizer(params, name: str = "sgd", lr: float = 0.01, weight_decay: float = 1e-4, momentum: float = 0.9,
+                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """The optimiser of ``optim`` (its packaged ``_target_``): SGD with momentum (the paper) or AdamW."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+
+
 def peak_memory_mb(device: torch.device | None = None) -> float:
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -58,7 +68,7 @@ class RetinaNetModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim = dict(optim)
-        if self.optim.get("name") not in OPTIMIZERS:
+        if not self.optim.get("_target_") and self.optim.get("name") not in OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.optim.get('name')!r}")
         if self.optim.get("schedule", "cosine") not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.get('schedule')!r}")
@@ -155,12 +165,9 @@ class RetinaNetModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if o["name"] == "sgd":
-            opt = torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.9),
-                                  weight_decay=o.get("weight_decay", 1e-4))
-        else:
-            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o.get("weight_decay", 1e-4),
-                                    betas=tuple(o.get("betas", (0.9, 0.999))))
+        from focalbench.builders import build_part
+
+        opt = build_part(o, "optim", params)  # optim._target_ (build_optimizer): the schedule keys stay ours
         kw = dict(max_steps=self.max_steps, warmup_iters=int(o.get("warmup_iters", 0)),
                   warmup_factor=float(o.get("warmup_factor", 1.0 / 3)), schedule=o.get("schedule", "cosine"),
                   steps=tuple(int(s) for s in o.get("steps") or ()), gamma=float(o.get("gamma", 0.1)),

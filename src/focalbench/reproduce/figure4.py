@@ -23,7 +23,8 @@ WEIGHTS_FILE = "model.pt"
 @torch.no_grad()
 def collect_probabilities(run_dir: Path, overrides: list[str], max_images: int = 300) -> tuple[np.ndarray, np.ndarray]:
     """p_t of every positive and every negative output of the model saved in ``run_dir`` (val split)."""
-    from focalbench.train import build_datamodule, build_module, compose, derive_schedule
+    from focalbench.builders import build_datamodule, build_module, derive_schedule
+    from focalbench.train import compose
 
     cfg = compose(overrides)
     dm = build_datamodule(cfg)
