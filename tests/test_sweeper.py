@@ -235,3 +235,55 @@ def test_lightning_callback_prunes_a_real_run(tmp_path):
     assert study.trials[1].intermediate_values == {0: pytest.approx(0.1)}
     metrics = json.loads((tmp_path / "multirun" / "run" / "1" / "metrics.json").read_text())
     assert metrics["status"] == "pruned"
+
+
+# ------------------------------------------------------------------ any Optuna sampler / pruner, multi-objective
+def test_sampler_and_pruner_by_target_and_the_sampler_group(tmp_path):
+    """{_target_: <any Optuna sampler>} (lightning-hydra-template's form), the hydra/sweeper/sampler group of
+    hydra-optuna-sweeper (its options are _target_ nodes, their arguments overridable), a _target_ pruner."""
+    storage = "sqlite:///t.db"
+    run_sweep("quadratic.py", tmp_path, storage, "+hydra/sweeper/sampler=qmc", "hydra.sweeper.sampler.seed=3",
+              "hydra.sweeper.n_trials=3", "x=interval(0, 4)", name="qmc")
+    study = load(tmp_path, storage, "qmc")
+    assert type(study.sampler).__name__ == "QMCSampler" or states(study) == {"COMPLETE": 3}
+    assert states(study) == {"COMPLETE": 3}
+    run_sweep("quadratic.py", tmp_path, storage,
+              "hydra.sweeper.sampler={_target_: optuna.samplers.RandomSampler, seed: 1}",
+              "hydra.sweeper.pruner={_target_: optuna.pruners.PercentilePruner, percentile: 25.0}",
+              "hydra.sweeper.n_trials=2", "x=interval(0, 4)", name="rnd")
+    study = load(tmp_path, storage, "rnd")
+    assert states(study) == {"COMPLETE": 2}
+    assert study.user_attrs["pruner"] == {"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0}
+    p = run_sweep("quadratic.py", tmp_path, storage, "hydra.sweeper.sampler={_target_: optuna.samplers.Nope}",
+                  "x=interval(0, 4)", name="bad", check=False)
+    assert p.returncode != 0 and "hydra.sweeper.sampler._target_=optuna.samplers.Nope" in p.stderr
+
+
+def test_plain_sampler_group_choice_is_accepted_by_the_train_app():
+    from focalbench.train import optional_groups
+
+    assert optional_groups(["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=nsgaii", "x=1"]) == \
+        ["-m", "hydra/sweeper=optuna", "+hydra/sweeper/sampler=nsgaii", "x=1"]
+    assert optional_groups(["+hydra/sweeper/sampler=tpe"]) == ["+hydra/sweeper/sampler=tpe"]
+
+
+def test_multi_objective_from_return_values_and_from_metrics(tmp_path):
+    storage = "sqlite:///t.db"
+    run_sweep("quadratic.py", tmp_path, storage, "hydra.sweeper.direction=[minimize,minimize]",
+              "hydra.sweeper.sampler=grid", "two_values=true", "x=choice(0, 1, 2, 3)", name="mo")
+    study = load(tmp_path, storage, "mo")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    values = {t.params["x"]: t.values for t in study.trials}
+    assert values == {0: [4.0, 0.0], 1: [1.0, 1.0], 2: [0.0, 4.0], 3: [1.0, 9.0]}
+    front = sorted(t.params["x"] for t in study.best_trials)
+    assert front == [0, 1, 2]  # x=3 is dominated by x=1
+    results = (tmp_path / "multirun" / "run" / "optimization_results.yaml").read_text()
+    assert "best_trials" in results
+    # the values from the jobs' metrics.json keys instead of the return value
+    run_sweep("quadratic.py", tmp_path, storage, "hydra.sweeper.direction=[minimize,maximize]",
+              "hydra.sweeper.objectives=[value,x2]", "hydra.sweeper.sampler=grid", "write_metrics=true",
+              "x=choice(1, 3)", name="mo2", run="run2")
+    assert {t.params["x"]: t.values for t in load(tmp_path, storage, "mo2").trials} == {1: [1.0, 1.0], 3: [1.0, 9.0]}
+    p = run_sweep("quadratic.py", tmp_path, storage, "hydra.sweeper.direction=[minimize,minimize]",
+                  "hydra.sweeper.pruner=median", "x=choice(1, 3)", name="mo3", check=False)
+    assert p.returncode != 0 and "prunes single-objective studies only" in p.stderr

@@ -305,6 +305,16 @@ def main(cfg: DictConfig) -> float:
     return float(metrics["AP"])
 
 
+# Config groups no default selects (so Hydra wants `+group=option`) that hydra-optuna-sweeper users write plainly
+OPTIONAL_GROUPS = ("hydra/sweeper/sampler",)
+
+
+def optional_groups(argv: Sequence[str]) -> list[str]:
+    """``hydra/sweeper/sampler=nsgaii`` -> ``+hydra/sweeper/sampler=nsgaii`` (as hydra-optuna-sweeper's configs
+    write it; this sweeper's default sampler is the plain ``tpe``, so the group has no default to override)."""
+    return [f"+{a}" if a.split("=", 1)[0] in OPTIONAL_GROUPS and "=" in a else a for a in argv]
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM to ``python -m focalbench.train``: the run records ``interrupted (SIGINT)`` and the
     process exits 128 + the signal's number (130, 143), as a shell reports it. Not a KeyboardInterrupt:
@@ -334,6 +344,7 @@ def cli() -> None:
     one line on stderr (exit code 2), before Hydra makes a run directory (``config_schema.check_command_line``);
     ``-m`` jobs and other config dirs are validated by ``main``, per job. SIGINT / SIGTERM: exit 130 / 143."""
     _interrupt_handlers()
+    sys.argv[1:] = optional_groups(sys.argv[1:])
     try:
         check_command_line(sys.argv[1:], [CONF_DIR], compose, complete=True, known_keys=known_keys)
         main()

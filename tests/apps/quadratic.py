@@ -26,6 +26,8 @@ ConfigStore.instance().store(
         "report_steps": 0,
         "log_dir": None,
         "diverge": None,
+        "two_values": False,     # return ((x - 2)^2 + y, x^2): a multi-objective job
+        "write_metrics": False,  # write metrics.json {status: ok, value, x2} into the job's output dir
         # Filled by the Optuna sweeper; null outside a sweep (as in conf/train.yaml).
         "optuna": {"storage": None, "study_name": None, "trial_number": None},
     },
@@ -57,6 +59,11 @@ def main(cfg) -> object:
 
         TrialReporter(cfg.optuna).mark_diverged("non-finite loss at step 3")
         return 0.0
+    if cfg.write_metrics:
+        with open(os.path.join(HydraConfig.get().runtime.output_dir, "metrics.json"), "w") as f:
+            json.dump({"status": "ok", "value": value, "x2": cfg.x ** 2}, f)
+    if cfg.two_values:
+        return value, cfg.x ** 2
     time.sleep(cfg.sleep)
     if cfg.fail:
         raise RuntimeError("failing on purpose")

@@ -43,10 +43,24 @@ SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
 
+CUSTOM = "_target_"  # a sampler or pruner given as {_target_: optuna.samplers.NSGAIISampler, **kwargs}
+
+
 def _spec(value: Any, key: str, allowed: Iterable[str]) -> tuple[str, Dict[str, Any]]:
-    """``"tpe"`` or ``{name: tpe, **kwargs}`` -> ``("tpe", kwargs)``."""
+    """``"tpe"`` or ``{name: tpe, **kwargs}`` -> ``("tpe", kwargs)``; ``{_target_: Class, **kwargs}`` (any Optuna
+    sampler or pruner, as hydra-optuna-sweeper's config groups and lightning-hydra-template write them) ->
+    ``("_target_", {_target_: ..., **kwargs})``."""
     if value is None:
         value = "none"
+    if isinstance(value, Mapping) and value.get("_target_"):
+        from focalbench.parts import TargetError, check_part
+
+        spec = {k: v for k, v in dict(value).items() if k != "name"}
+        try:
+            check_part(spec, f"hydra.sweeper.{key}", runtime=("seed",) if key == "sampler" else ())
+        except TargetError as e:
+            raise ValueError(str(e)) from None
+        return CUSTOM, spec
     if isinstance(value, str):
         name, kwargs = value, {}
     elif isinstance(value, Mapping) and "name" in value:
@@ -68,10 +82,16 @@ def build_sampler(spec: Any, seed: Optional[int] = None) -> optuna.samplers.Base
     concurrent workers can draw the same grid point from it.
     """
     name, kwargs = _spec(spec, "sampler", SAMPLERS)
-    if seed is not None:
-        kwargs.setdefault("seed", seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == CUSTOM:
+            from focalbench.parts import instantiate_part
+
+            kw = {k: v for k, v in kwargs.items() if not (k == "seed" and v is None)}
+            # the sweeper's seed (+ trial number), where the class takes one and the config sets none
+            return instantiate_part(kw, "hydra.sweeper.sampler", **({} if seed is None else {"seed": seed}))
+        if seed is not None:
+            kwargs.setdefault("seed", seed)
         if name == "tpe":
             return optuna.samplers.TPESampler(**kwargs)
         if name == "cmaes":
@@ -86,11 +106,15 @@ def sampler_name(spec: Any) -> str:
 def pruner_spec(spec: Any) -> Dict[str, Any]:
     """Normalised, JSON-able pruner spec ``{name: ..., **kwargs}`` (stored in the study)."""
     name, kwargs = _spec(spec, "pruner", PRUNERS)
-    return {"name": name, **kwargs}
+    return dict(kwargs) if name == CUSTOM else {"name": name, **kwargs}
 
 
 def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
     name, kwargs = _spec(spec, "pruner", PRUNERS)
+    if name == CUSTOM:
+        from focalbench.parts import instantiate_part
+
+        return instantiate_part(kwargs, "hydra.sweeper.pruner")
     if name == "median":
         return optuna.pruners.MedianPruner(**kwargs)
     if name == "successive_halving":
@@ -107,27 +131,35 @@ def study_id_of(study: optuna.Study, storage: BaseStorage) -> int:
 def open_study(
     storage: Optional[BaseStorage],
     study_name: str,
-    direction: str,
+    direction: Any,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
 ) -> optuna.Study:
-    """Create the study or load it; call under :func:`focalbench.sweeps.storage.storage_lock`."""
-    if direction not in ("minimize", "maximize"):
-        raise ValueError(f"hydra.sweeper.direction={direction!r}; allowed: minimize, maximize")
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        sampler=sampler,
-        pruner=pruner,
-        direction=direction,
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != direction:
+    """Create the study or load it; call under :func:`focalbench.sweeps.storage.storage_lock`.
+
+    ``direction``: ``minimize`` / ``maximize``, or a list of them (a multi-objective study)."""
+    directions = check_directions(direction)
+    kw = {"direction": directions[0]} if isinstance(direction, str) else {"directions": directions}
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler, pruner=pruner,
+                                load_if_exists=True, **kw)
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        shown = have[0] if len(have) == 1 else have
         raise ValueError(
             f"hydra.sweeper.direction={direction!r} but study {study_name!r} in the storage was created "
-            f"with {study.direction.name.lower()!r}; allowed: the study's direction, or another study_name"
+            f"with {shown!r}; allowed: the study's direction, or another study_name"
         )
     return study
+
+
+def check_directions(direction: Any) -> List[str]:
+    """``maximize`` -> ``["maximize"]``; a list of directions (multi-objective) as it is; else ValueError."""
+    values = [direction] if isinstance(direction, str) else list(direction or [])
+    values = [str(d).lower() for d in values]
+    if not values or any(d not in ("minimize", "maximize") for d in values):
+        raise ValueError(f"hydra.sweeper.direction={direction!r}; allowed: minimize, maximize, or a list of them "
+                         f"(multi-objective, e.g. [maximize, minimize])")
+    return values
 
 
 def enqueue_points(study: optuna.Study, points: Iterable[Mapping[str, Any]]) -> int:

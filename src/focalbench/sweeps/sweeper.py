@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import optuna
 from hydra.core.plugins import Plugins
@@ -40,6 +40,7 @@ from focalbench.sweeps.study import (
     PRUNER_ATTR,
     TrialHeartbeat,
     build_pruner,
+    check_directions,
     build_sampler,
     counted_trials,
     enqueue_points,
@@ -77,21 +78,38 @@ def optuna_overrides(url: Optional[str], study_name: str, number: int) -> List[s
     ]
 
 
-def job_outcome(ret: JobReturn) -> Tuple[TrialState, Optional[float], Optional[str]]:
-    """(state, value, failure reason) of one finished job."""
+def job_outcome(ret: JobReturn, objectives: Sequence[str] = (), n_objectives: int = 1
+                ) -> Tuple[TrialState, Any, Optional[str]]:
+    """(state, value, failure reason) of one finished job. ``objectives``: the values are these keys of the
+    ``metrics.json`` the job wrote (focalbench.train: ``AP``, ``images_per_second``...), not its return value;
+    with ``n_objectives > 1`` the value is a list (a multi-objective study)."""
     if ret.status != JobStatus.COMPLETED:
         error = ret._return_value  # the job's exception; ``ret.return_value`` would re-raise it
         if isinstance(error, optuna.TrialPruned):
             return TrialState.PRUNED, None, None
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
-    value = ret.return_value
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return TrialState.FAIL, None, f"job returned {value!r}, not a number"
-    if not math.isfinite(value):
-        return TrialState.FAIL, None, f"job returned {value!r}, not a finite number"
-    return TrialState.COMPLETE, value, None
+    if objectives:
+        try:
+            metrics = json.loads((Path(str(ret.hydra_cfg.hydra.runtime.output_dir)) / "metrics.json").read_text())
+            raw = [metrics[k] for k in objectives]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return TrialState.FAIL, None, f"hydra.sweeper.objectives={list(objectives)}: not in the job's metrics.json ({e})"
+    else:
+        raw = ret.return_value
+        raw = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+    if len(raw) != n_objectives:
+        return TrialState.FAIL, None, (f"job returned {len(raw)} value(s) for {n_objectives} direction(s); set "
+                                       f"hydra.sweeper.objectives to metrics.json keys, one per direction")
+    values = []
+    for value in raw:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return TrialState.FAIL, None, f"job returned {value!r}, not a number"
+        if not math.isfinite(value):
+            return TrialState.FAIL, None, f"job returned {value!r}, not a finite number"
+        values.append(value)
+    return TrialState.COMPLETE, values[0] if n_objectives == 1 else values, None
 
 
 def diverged_reason(ret: JobReturn, user_attrs: Optional[Dict[str, Any]] = None) -> Optional[str]:
@@ -116,7 +134,7 @@ class OptunaSweeperImpl(Sweeper):
     def __init__(
         self,
         sampler: Any = "tpe",
-        direction: str = "maximize",
+        direction: Any = "maximize",
         n_trials: int = 20,
         n_jobs: int = 1,
         storage: Optional[str] = "sqlite:///results/optuna.db",
@@ -129,13 +147,20 @@ class OptunaSweeperImpl(Sweeper):
         max_retry: Optional[int] = 3,
         wait_for_running: bool = True,
         params: Optional[Dict[str, str]] = None,
+        objectives: Optional[List[str]] = None,
     ) -> None:
         self.sampler_cfg = _plain(sampler)
         self.pruner_cfg = pruner_spec(_plain(pruner))
         sampler_name(self.sampler_cfg)  # fail early on a bad name
-        self.direction = str(direction).lower()
-        if self.direction not in ("minimize", "maximize"):
-            raise ValueError(f"hydra.sweeper.direction={direction!r}; allowed: minimize, maximize")
+        directions = check_directions(_plain(direction))
+        self.direction: Any = directions[0] if isinstance(_plain(direction), str) else directions
+        self.objectives = [str(o) for o in (_plain(objectives) or [])]
+        if self.objectives and len(self.objectives) != len(directions):
+            raise ValueError(f"hydra.sweeper.objectives={self.objectives}: one metrics.json key per direction "
+                             f"({len(directions)}: {directions})")
+        if len(directions) > 1 and self.pruner_cfg.get("name") != "none":
+            raise ValueError("hydra.sweeper.pruner: Optuna prunes single-objective studies only; use pruner=none "
+                             f"with direction={directions}")
         if int(n_trials) < 1:
             raise ValueError(f"hydra.sweeper.n_trials={n_trials!r}; allowed: an integer >= 1")
         if int(n_jobs) < 1:
@@ -197,7 +222,7 @@ class OptunaSweeperImpl(Sweeper):
                 added = enqueue_points(study, points)
                 log.info("Grid: %d points, %d newly enqueued", len(points), added)
         log.info("Study %r in %s: sampler %s, pruner %s, direction %s, n_trials %d (total)",
-                 study_name, redact_url(url), self.sampler_cfg, self.pruner_cfg["name"], self.direction, n_trials)
+                 study_name, redact_url(url), self.sampler_cfg, self.pruner_cfg.get("name") or self.pruner_cfg.get("_target_"), self.direction, n_trials)
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +271,7 @@ class OptunaSweeperImpl(Sweeper):
                     raise
             last_failed: Optional[JobReturn] = None
             for t, ret in zip(batch, returns):
-                state, value, reason = job_outcome(ret)
+                state, value, reason = job_outcome(ret, self.objectives, self._n_objectives())
                 why = None
                 if state == TrialState.COMPLETE:
                     why = diverged_reason(ret, storage.get_trial(self._trial_id(study, storage, t)).user_attrs)
@@ -329,12 +354,21 @@ class OptunaSweeperImpl(Sweeper):
         return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
                                                               trial.number)
 
+    def _n_objectives(self) -> int:
+        return 1 if isinstance(self.direction, str) else len(self.direction)
+
     def _write_results(self, study: optuna.Study, study_name: str, url: Optional[str], sweep_dir: Path) -> Dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
         results: Dict[str, Any] = {"name": "optuna", "study_name": study_name, "storage": redact_url(url),
                                    "direction": self.direction, "trials": counts}
-        if counts["complete"]:
+        if self._n_objectives() > 1:  # the Pareto front (Optuna's best_trials)
+            front = study.best_trials if counts["complete"] else []
+            results.update(objectives=self.objectives or None,
+                           best_trials=[{"number": t.number, "params": dict(t.params), "values": list(t.values)}
+                                        for t in front])
+            log.info("Pareto front: %d trial(s): %s", len(front), [t.number for t in front])
+        elif counts["complete"]:
             best = study.best_trial
             results.update(best_params=dict(best.params), best_value=best.value, best_trial=best.number)
             log.info("Best trial %d: %s -> %s", best.number, best.params, best.value)

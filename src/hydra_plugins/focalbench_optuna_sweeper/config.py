@@ -3,7 +3,7 @@
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -11,12 +11,20 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.focalbench_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    # the sampler and pruner nodes reach the sweeper as configs (it builds them per trial, and stores the
+    # pruner's spec in the study for the jobs), not as objects Hydra made
+    _recursive_: bool = False
 
-    # tpe | random | grid | cmaes, or a mapping {name: tpe, <sampler kwargs>} (e.g. n_startup_trials).
+    # tpe | random | grid | cmaes, or a mapping {name: tpe, <sampler kwargs>} (e.g. n_startup_trials), or any
+    # Optuna sampler as {_target_: optuna.samplers.NSGAIISampler, <its arguments>}, also picked from the
+    # group: +hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|qmc|gp|grid (then hydra.sweeper.sampler.seed=...).
     # grid: every point of the product of the (discrete) params is enqueued once as a fixed trial.
     sampler: Any = "tpe"
-    # minimize | maximize the job's return value (focalbench.train returns validation AP).
-    direction: str = "maximize"
+    # minimize | maximize the job's return value (focalbench.train returns validation AP), or a list of them:
+    # a multi-objective study (e.g. [maximize, maximize] with objectives [AP, images_per_second]; no pruning).
+    direction: Any = "maximize"
+    # null: the job's return value (one number per direction); or metrics.json keys, one per direction.
+    objectives: Optional[List[str]] = None
     # The study's TOTAL number of trials (complete + pruned + failed + running), over all workers and
     # re-runs; a re-run resumes. grid: at most the number of grid points.
     n_trials: int = 20
@@ -29,7 +37,8 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None
     # Sampler seed; each trial samples with seed + trial number, so workers never repeat each other.
     seed: Optional[int] = None
-    # none | median | successive_halving | hyperband, or {name: median, <pruner kwargs>}.
+    # none | median | successive_halving | hyperband, or {name: median, <pruner kwargs>}, or any Optuna pruner
+    # as {_target_: optuna.pruners.PercentilePruner, percentile: 25.0}.
     # Jobs report through focalbench.sweeps.pruning.OptunaPruningCallback.
     pruner: Any = "none"
     # Stop this worker when failed / finished trials (its own) exceeds this fraction.
@@ -48,4 +57,20 @@ class OptunaSweeperConf:
     params: Dict[str, str] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="focalbench")
+# Samplers as a config group, as in hydra-optuna-sweeper (hydra/sweeper/sampler=nsgaii, then
+# hydra.sweeper.sampler.seed=1, hydra.sweeper.sampler.population_size=20 ...): each option is
+# {_target_: <any Optuna sampler class>, **its arguments}; grid is focalbench's (points enqueued once each).
+SAMPLER_OPTIONS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10, "multivariate": False},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol"},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None},
+    "grid": {"name": "grid"},
+}
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="focalbench")
+for _name, _node in SAMPLER_OPTIONS.items():
+    cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="focalbench")
