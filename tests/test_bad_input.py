@@ -188,6 +188,26 @@ def test_coco_root_is_required_and_a_given_one_is_kept():
     assert compose(["profile=smoke"]).data.root == "data/shapes_smoke"  # built-in sets keep their folders
 
 
+@pytest.mark.parametrize("profile, root", [("smoke", "data/digits_smoke"), ("gpu", "data/digits_256")])
+def test_a_profile_gives_each_builtin_set_its_own_folder(profile, root):
+    """profile=smoke data=digits used data/shapes_smoke, then failed with advice to delete it (which would break
+    every shapes run); each built-in set now has a folder of its own under a profile."""
+    assert compose([f"profile={profile}", "data=digits"]).data.root == root
+
+
+def test_a_built_set_asked_with_other_arguments_names_a_folder_of_its_own(tmp_path):
+    from focalbench.data import CocoDataModule
+    from focalbench.data.build import build_dataset
+
+    build_dataset("shapes", tmp_path / "s", train=4, val=2, size=64, progress=False)
+    dm = CocoDataModule(root=str(tmp_path / "s"), build="shapes", build_args={"train": 4, "val": 3, "size": 64})
+    with pytest.raises(DataError) as e:
+        dm.prepare_data()
+    msg = str(e.value)
+    assert "give this set its own folder, e.g. data.root=" in msg and "shapes_s64_t4_v3" in msg
+    assert "delete" not in msg and (tmp_path / "s" / "build.json").exists()
+
+
 # ------------------------------------------------------------------------------- 4. one line, not a trace
 def test_classify_detection_only_loss_lists_the_supported_ones(monkeypatch, capsys, tmp_path):
     import focalbench.classify.__main__ as app

@@ -1,6 +1,7 @@
 """The training app: smoke runs per loss family, divergence handling, config composition and hashing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from focalbench.evaluation import STAT_NAMES
+from focalbench.runstore import config_hash
 from focalbench.train import compose, derive_schedule, run, run_config_for_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,3 +148,30 @@ def test_rank_zero_from_launcher_variables(env, zero):
     from focalbench.train import env_rank_zero
 
     assert env_rank_zero(env) is zero
+
+
+# ------------------------------------------------------------------------------------------- paths.root
+def test_relative_data_root_is_read_from_the_start_directory_under_chdir(tmp_path):
+    """hydra.job.chdir=true once built the data set again inside every run directory."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "focalbench.train", "profile=smoke", "hydra.job.chdir=true",
+                        f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={k: v for k, v in os.environ.items() if k != "FOCALBENCH_ROOT"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "data" / "shapes_smoke" / "build.json").exists()
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_focalbench_root_pins_data_and_outputs(tmp_path, monkeypatch):
+    from focalbench.builders import build_datamodule
+
+    monkeypatch.setenv("FOCALBENCH_ROOT", str(tmp_path / "project"))
+    cfg = compose(["profile=smoke"])
+    assert cfg.paths.root == str(tmp_path / "project")
+    assert str(cfg.hydra.run.dir).startswith(str(tmp_path / "project" / "outputs"))
+    assert build_datamodule(cfg).root == str(tmp_path / "project" / "data" / "shapes_smoke")
+    # where the data lies is not what a run computes: the hash is the same as without the root
+    monkeypatch.delenv("FOCALBENCH_ROOT")
+    assert config_hash(run_config_for_hash(cfg)) == config_hash(run_config_for_hash(compose(["profile=smoke"])))

@@ -15,6 +15,7 @@ backbone, the Lightning loop, the trainer, the callbacks) is focalbench's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,33 @@ def derive_schedule(cfg: DictConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- parts
+def paths_root(cfg: DictConfig) -> Path:
+    """``paths.root`` as an absolute folder: relative to the directory the command started in (Hydra's
+    original working directory, also under ``hydra.job.chdir=true``)."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    root = Path(str(OmegaConf.select(cfg, "paths.root", default=".") or "."))
+    if root.is_absolute():
+        return root
+    start = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path(os.getcwd())
+    return (start / root).resolve()
+
+
+def resolve_path(cfg: DictConfig, path: str | os.PathLike) -> str:
+    """A config path as the run reads it: absolute paths as they are, relative ones under ``paths.root``."""
+    p = Path(str(path)).expanduser()
+    return str(p if p.is_absolute() else paths_root(cfg) / p)
+
+
 def build_datamodule(cfg: DictConfig):
-    """The LightningDataModule of ``data`` (it must expose ``num_classes`` after ``setup``)."""
-    return build_part(cfg, "data", seed=int(cfg.seed))
+    """The LightningDataModule of ``data`` (it must expose ``num_classes`` after ``setup``); a relative
+    ``data.root`` is read under ``paths.root``."""
+    data = section(cfg, "data")
+    if isinstance(data.get("root"), str):
+        data["root"] = resolve_path(cfg, data["root"])
+    return build_part(data, "data", seed=int(cfg.seed))
 
 
 def build_criterion(cfg: DictConfig):

@@ -24,7 +24,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import (EXTRA_KEYS, trainer_arguments, ConfigError, check_added_keys, check_command_line,
+from focalbench.config_schema import (DATASETS, EXTRA_KEYS, trainer_arguments, ConfigError, check_added_keys, check_command_line,
                                       check_data_root, check_group_choices, composition_error_line, group_options, searchpath_dirs,
                                       config_entries, exit_config_error, os_error_line, validate_config)
 from focalbench.data.errors import DataError
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # and 2 threads trains to different weights (measured: AP 6.2 vs 10.7 for one row of the cpu profile);
 # at a fixed thread count a rerun is bit-identical (tests/test_determinism.py).
 # ``checkpoint`` / ``ckpt_path``: how often a run is saved and where it resumes from (tests/test_checkpoint_resume.py).
-NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights", "checkpoint", "ckpt_path")
+NON_HASHED = ("hydra", "logger", "optuna", "tags", "reproduce", "save_weights", "checkpoint", "ckpt_path", "paths")
 NON_HASHED_TRAINER = ("enable_progress_bar", "log_every_n_steps", "enable_checkpointing")
 SUMMARY_FILE = "train_summary.json"
 
@@ -97,7 +97,9 @@ def builtin_roots() -> list[str]:
     """The ``data.root`` folders conf/ names (built-in sets, profiles): never a COCO root by default."""
     groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
     values = config_entries(CONF_DIR / "train.yaml", groups).get("data.root", [])
-    return [v for v in values if isinstance(v, str) and v != "???"]
+    # a profile's root names the built-in set it holds (data/${data.build}_smoke): every set it can resolve to
+    return [v.replace("${data.build}", name) for v in values if isinstance(v, str) and v != "???"
+            for name in (*DATASETS, "None")]
 
 
 def run_config_for_hash(cfg: DictConfig) -> dict:

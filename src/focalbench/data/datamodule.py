@@ -107,7 +107,9 @@ class CocoDataModule(L.LightningDataModule):
             if diff:
                 raise DataError(f"{root}/build.json: dataset was built with "
                                 f"{ {k: h for k, (h, _) in diff.items()} } but data.build/build_args ask for "
-                                f"{ {k: w for k, (_, w) in diff.items()} }; delete {root} or use another data.root")
+                                f"{ {k: w for k, (_, w) in diff.items()} }; give this set its own folder, e.g. "
+                                f"data.root={root.parent / _folder_for(wanted)} (runs of the other set keep using "
+                                f"{root})")
             return
         if root.exists() and not (root / "build.json").exists() and any(root.iterdir()):
             return  # someone else's data in this folder: setup() checks it
@@ -245,3 +247,9 @@ class CocoDataModule(L.LightningDataModule):
 
 def _fmt(counts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in counts.items())
+
+
+def _folder_for(args: dict) -> str:
+    """A folder name that says which built set it holds: ``digits_s64_t16_v8``."""
+    return f"{args['name']}_s{args['size']}_t{args['train']}_v{args['val']}" + (
+        f"_seed{args['seed']}" if args.get("seed") else "")
