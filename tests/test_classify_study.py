@@ -59,3 +59,28 @@ def test_verdict_rule_uses_the_seed_spread():
     # paired: a consistent gain on tasks of very different difficulty counts
     win, diff, spread, _ = beats(np.array([0.86, 0.15, 0.07]), np.array([0.84, 0.05, 0.02]))
     assert win and spread < diff
+
+
+def test_the_imbalance_study_shares_the_engines_stale_rule(tmp_path):
+    """One claim, heartbeat and stale rule for every study of cached runs: a trial whose worker lives is left
+    RUNNING (the old rule failed every RUNNING trial, so a second driver killed the first one's work); a trial
+    whose local worker is dead is failed and its point queued again."""
+    import socket
+
+    from optuna.trial import TrialState
+
+    from focalbench.classify.plan import storage_for, storage_url
+    from focalbench.sweeps.engine import claim
+
+    sweep = study.load_sweep(_tiny_sweep(tmp_path), "smoke")
+    out = tmp_path / "imb"
+    s, todo = study.prepare(sweep, "tabular", out)
+    assert todo == len(s.get_trials()) == 2 * 4
+    storage, url = storage_for(out), storage_url(out)
+    alive = claim(url, s, storage)  # this process: alive
+    dead = claim(url, s, storage)
+    storage.set_trial_user_attr(dead._trial_id, "worker", f"{socket.gethostname()}:999999999")
+    s, todo = study.prepare(sweep, "tabular", out)
+    states = {t.number: t.state for t in s.get_trials()}
+    assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
+    assert todo == 2 * 4 and len(s.get_trials()) == 2 * 4 + 1  # the dead one's point is waiting again

@@ -222,3 +222,13 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, override, message):
     assert p.returncode == 2
     assert p.stderr.splitlines() == [message]
     assert not (tmp_path / "outputs").exists()  # rejected before Hydra made a run directory
+
+
+def test_the_detection_apps_groups_are_its_own():
+    """The classification app's groups (data, model, profile of conf_classify/) once showed in the detection
+    app's --help as classify/data, classify/model, classify/profile."""
+    from focalbench.paths import CLASSIFY_CONF_DIR
+
+    groups = group_options([CONF_DIR])
+    assert sorted(groups) == ["anchors", "data", "logger", "loss", "model", "optim", "profile", "trainer"]
+    assert (CLASSIFY_CONF_DIR / "config.yaml").is_file() and not (CONF_DIR / "classify").exists()

@@ -51,7 +51,7 @@ def test_does_not_wait_for_rows_outside_the_selection(tmp_path):
 def test_claim_says_whose_trial_it_is_before_it_runs(tmp_path):
     # a worker killed right after WAITING -> RUNNING used to leave a RUNNING trial with no worker attr: no one
     # could tell it was dead until its heartbeat went stale (120 s), and the resumed job missed that run
-    from focalbench.reproduce.runner import _claim, _worker_id
+    from focalbench.sweeps.engine import claim as _claim, worker_id as _worker_id
 
     table = load_tables(["1a"])[0]
     url = storage_url(tmp_path)

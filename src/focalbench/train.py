@@ -88,14 +88,14 @@ def _compose(overrides: list[str], validate: bool) -> DictConfig:
 
 def known_keys() -> list[str]:
     """What ``+key=`` may add: every key a file of conf/ sets (any group option) and the code's EXTRA_KEYS."""
-    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
+    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
     return [*config_entries(CONF_DIR / "train.yaml", groups), *EXTRA_KEYS,
             *(f"trainer.{a}" for a in trainer_arguments())]  # any lightning.Trainer argument: +trainer.fast_dev_run=2
 
 
 def builtin_roots() -> list[str]:
     """The ``data.root`` folders conf/ names (built-in sets, profiles): never a COCO root by default."""
-    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "classify"}
+    groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
     values = config_entries(CONF_DIR / "train.yaml", groups).get("data.root", [])
     # a profile's root names the built-in set it holds (data/${data.build}_smoke): every set it can resolve to
     return [v.replace("${data.build}", name) for v in values if isinstance(v, str) and v != "???"

@@ -1,4 +1,4 @@
-"""``python -m focalbench.classify [overrides]``: one classification run (Hydra app on conf/classify/)."""
+"""``python -m focalbench.classify [overrides]``: one classification run (Hydra app on conf_classify/)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def known_keys() -> list[str]:
-    """What ``+key=`` may add: every key of conf/classify/ and of the shared conf/loss/ group."""
+    """What ``+key=`` may add: every key of conf_classify/ and of the shared conf/loss/ group."""
     groups = {d.name: d for d in sorted(CONF_DIR.iterdir()) if d.is_dir()}
     return list(config_entries(CONF_DIR / "config.yaml", {**groups, "loss": CONF_ROOT / "loss"}))
 

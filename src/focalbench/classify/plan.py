@@ -8,13 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def storage_url(out_dir: Path) -> str:
+    return f"journal://{out_dir / 'study.journal'}"
+
+
 def storage_for(out_dir: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    """The study's journal file (text, committable), opened as every study of cached runs opens it."""
+    from focalbench.sweeps.storage import make_storage
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = str(out_dir / "study.journal")
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    return make_storage(storage_url(out_dir))
 
 
 def study_name(table: str) -> str:

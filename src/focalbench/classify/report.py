@@ -38,7 +38,9 @@ def collect(sweep: dict, table: str, out_dir: Path) -> dict:
         return {}
     wanted = {(p["ratio"], p["row"], p["seed"]) for p in grid(sweep)}
     out = {}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        if t.state == optuna.trial.TrialState.PRUNED and t.user_attrs.get("status") != "diverged":
+            continue  # a diverged run is data (its trial is PRUNED with status=diverged, as in every study)
         k = (t.params.get("ratio"), t.params.get("row"), t.params.get("seed"))
         if k in wanted and k not in out:
             m = store.get(t.user_attrs.get("config_hash", ""))

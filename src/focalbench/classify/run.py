@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from focalbench.config_schema import validate_config
-from focalbench.paths import PACKAGE_DIR
+from focalbench.paths import CLASSIFY_CONF_DIR, PACKAGE_DIR
 from focalbench.parts import strip_builtin_targets
 from focalbench.runstore import atomic_write_json, config_hash, git_sha
 
@@ -26,8 +26,8 @@ from .metrics import classification_metrics
 from .schema import CLASSIFY_RULES
 
 CONF_ROOT = PACKAGE_DIR / "conf"  # the package's conf/ (shipped in the wheel; a link to the repo's conf/ in the source tree)
-CONF_DIR = CONF_ROOT / "classify"
-# conf/classify/config.yaml adds conf/ to Hydra's search path through this resolver, so `loss=` selects
+CONF_DIR = CLASSIFY_CONF_DIR  # the app's own groups; conf/loss/ comes from CONF_ROOT
+# conf_classify/config.yaml adds conf/ to Hydra's search path through this resolver, so `loss=` selects
 # from the shared conf/loss/ group exactly as detection runs do, whatever the working directory.
 if not OmegaConf.has_resolver("focalbench_conf_root"):
     OmegaConf.register_new_resolver("focalbench_conf_root", lambda: str(CONF_ROOT))

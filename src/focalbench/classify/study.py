@@ -8,9 +8,10 @@ finished one is rebuilt from the cache. The tuned-FL row runs, inside its trial,
 (gamma, alpha) on the validation split whose runs are cached the same way (a seeded sampler proposes the
 same points again on a re-run, so they hit the cache).
 
-Workers: ``--workers N`` processes (one torch thread each) pop trials from the same study; only one
-driver should run per study (at start it marks trials left RUNNING by a killed driver as FAIL, then
-enqueues again what is missing).
+Workers: ``--workers N`` processes (one torch thread each) claim trials from the same study with the engine
+of every study of cached runs (focalbench.sweeps.engine: claims under the storage's lock, a heartbeat per
+running trial, one stale rule), so several drivers may share a study, and a trial whose worker died is
+failed and queued again by the next driver.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import optuna
 import yaml
 
 from focalbench.paths import SWEEPS_DIR
-from focalbench.classify.plan import grid, storage_for, study_name
+from focalbench.classify.plan import grid, storage_for, storage_url, study_name
 from focalbench.classify.report import write_report
 from focalbench.runstore import RunStore, atomic_write_json, config_hash
+from focalbench.sweeps.engine import (HEARTBEAT_SECONDS, claim, enqueue_missing, fail_interrupted, fixed_params,
+                                      open_points_study, tell_run)
 
 SWEEP = SWEEPS_DIR / "imbalance.yaml"
 
@@ -128,15 +131,14 @@ class Runner:
         self.store.put(key, chosen)
         return chosen
 
-    def objective(self, trial: optuna.Trial) -> float:
-        if "fixed_params" not in trial.storage.get_trial_system_attrs(trial._trial_id):
-            # Another worker took the last enqueued trial: never sample a grid point of our own.
-            trial.set_user_attr("note", "no enqueued trial left for this worker")
-            raise optuna.TrialPruned()
+    def run_point(self, trial, fixed: dict) -> dict:
+        """The run of one claimed trial's fixed point (its params are recorded on the trial)."""
         # Wide fixed distributions, so adding seeds or ratios later stays compatible with the stored trials.
         ratio = trial.suggest_int("ratio", 1, 1_000_000, log=True)
         row_key = trial.suggest_categorical("row", sorted(self.rows))
         seed = trial.suggest_int("seed", 0, 100_000)
+        if (ratio, row_key, seed) != (fixed.get("ratio"), fixed.get("row"), fixed.get("seed")):
+            raise RuntimeError(f"trial {trial.number}: params {ratio, row_key, seed} are not its point {fixed}")
         if "search" in self.rows[row_key]:
             m = self.tuned(ratio, row_key, seed)
         else:
@@ -144,34 +146,45 @@ class Runner:
         trial.set_user_attr("config_hash", m["config_hash"])
         trial.set_user_attr("status", m["status"])
         trial.set_user_attr("test_AP", m.get("test", {}).get("AP", 0.0))
-        return float(m["AP"])
+        return m
 
 
 # --- the study ----------------------------------------------------------------------------------------
 
 def prepare(sweep: dict, table: str, out_dir: Path) -> tuple[optuna.Study, int]:
-    """Create/load the study, fail stale RUNNING trials, enqueue missing grid points; returns (study, todo)."""
-    study = optuna.create_study(study_name=study_name(table), storage=storage_for(out_dir),
-                                direction="maximize", load_if_exists=True)
-    done, waiting = set(), set()
-    for t in study.get_trials(deepcopy=False):
-        p = t.params or t.system_attrs.get("fixed_params", {})
-        k = (p.get("ratio"), p.get("row"), p.get("seed"))
-        if t.state == optuna.trial.TrialState.COMPLETE:
-            done.add(k)
-        elif t.state == optuna.trial.TrialState.WAITING:
-            waiting.add(k)
-        elif t.state == optuna.trial.TrialState.RUNNING:  # left by a killed driver (one driver at a time)
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    todo = 0
-    for p in grid(sweep):
-        k = (p["ratio"], p["row"], p["seed"])
-        if k in done:
-            continue
-        if k not in waiting:
-            study.enqueue_trial(p)
-        todo += 1
+    """Create/load the study, fail the trials of dead workers, enqueue missing grid points; (study, todo)."""
+    url, storage = storage_url(out_dir), storage_for(out_dir)
+    study = open_points_study(url, storage, study_name(table))
+    todo = enqueue_missing(url, study, storage, grid(sweep), _key)
     return study, todo
+
+
+def _key(p) -> tuple:
+    return p.get("ratio"), p.get("row"), p.get("seed")
+
+
+def work(sweep: dict, table: str, out_dir: Path, on_done=lambda: None) -> None:
+    """Claim and run trials of ``table`` until none is waiting (a worker never samples a point of its own)."""
+    from optuna.trial import TrialState
+
+    from focalbench.sweeps.study import TrialHeartbeat
+
+    url, storage = storage_url(out_dir), storage_for(out_dir)
+    study = optuna.load_study(study_name=study_name(table), storage=storage)
+    runner = Runner(sweep, table, out_dir)
+    while (trial := claim(url, study, storage)) is not None:
+        with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS):
+            try:
+                metrics = runner.run_point(trial, fixed_params(storage, trial))
+            except KeyboardInterrupt:
+                fail_interrupted(study, trial)
+                raise
+            except RuntimeError as e:  # a failed run: the trial fails, its point is queued again next time
+                trial.set_user_attr("reason", str(e)[:500])
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+        tell_run(study, trial, metrics)
+        on_done()
 
 
 def _worker(sweep: dict, table: str, out_dir: str, threads: int) -> None:
@@ -179,18 +192,12 @@ def _worker(sweep: dict, table: str, out_dir: str, threads: int) -> None:
 
     _quiet()
     torch.set_num_threads(threads)
-    out = Path(out_dir)
-    study = optuna.load_study(study_name=study_name(table), storage=storage_for(out))
-    runner = Runner(sweep, table, out)
-    # Pop enqueued trials until none is waiting (a worker never samples a new point of its own).
-    while any(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-        study.optimize(runner.objective, n_trials=1, catch=(RuntimeError,))
+    work(sweep, table, Path(out_dir))
 
 
 def _count_done(study: optuna.Study, sweep: dict) -> int:
-    keys = {(t.params.get("ratio"), t.params.get("row"), t.params.get("seed"))
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
-    return len(keys & {(p["ratio"], p["row"], p["seed"]) for p in grid(sweep)})
+    keys = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    return len(keys & {_key(p) for p in grid(sweep)})
 
 
 def run_study(sweep: dict, tables: list[str], out_dir: Path, workers: int = 1, progress: bool = True) -> dict:
@@ -211,9 +218,7 @@ def run_study(sweep: dict, tables: list[str], out_dir: Path, workers: int = 1, p
             import torch
 
             torch.set_num_threads(1)
-            runner = Runner(sweep, table, out_dir)
-            study.optimize(runner.objective, n_trials=todo, catch=(RuntimeError,),
-                           callbacks=[lambda s, t: bar.update(1)])
+            work(sweep, table, out_dir, on_done=lambda: bar.update(1))
         else:
             ctx = mp.get_context("spawn")
             procs = [ctx.Process(target=_worker, args=(sweep, table, str(out_dir), 1)) for _ in range(workers)]

@@ -18,17 +18,12 @@ trial is PRUNED with the user attr ``status=diverged``, never a COMPLETE trial o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +35,12 @@ from focalbench.config_schema import ConfigError
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import DamagedFileError, RunStore, atomic_write_json, config_hash, warn
 from focalbench.sweeps.storage import journal_path, make_storage, repair_journal, storage_lock
-from focalbench.sweeps.study import TrialHeartbeat, fail_stale_trials, open_study, pop_waiting_trial
+from focalbench.sweeps.engine import (CACHED_STATUSES, DIVERGED, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS,  # noqa: F401
+                                      claim, enqueue_missing, fail_interrupted, fixed_params, open_points_study,
+                                      refresh, run_lock, tell_run)
+from focalbench.sweeps.study import TrialHeartbeat
 
-HEARTBEAT_SECONDS = 20
-STALE_AFTER_SECONDS = 120
-CACHED_STATUSES = ("ok", "diverged")  # a diverged run is data; a failed one is retried
 WAIT_POLL_SECONDS = 10
-DIVERGED = "diverged"
 # Set by interrupt_handler (the CLI's SIGINT handler): Lightning turns a Ctrl-C inside fit() into
 # sys.exit(1), which run_one turns back into the KeyboardInterrupt it was.
 INTERRUPTED = threading.Event()
@@ -108,92 +102,25 @@ def _deep_overrides(cfg) -> list[str]:
 
 def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int], store: RunStore | None = None,
                   hashes: dict | None = None) -> optuna.Study:
-    """Create/load the table's study, fail (and re-queue) trials of dead workers, enqueue missing points.
+    """Create/load the table's study, fail (and re-queue) trials of dead workers, enqueue missing points
+    (focalbench.sweeps.engine: the one claim, heartbeat and stale rule of every study of cached runs).
 
     With ``store`` and ``hashes`` ((row, seed) -> config hash): a point whose finished trial has no run file in
     ``store`` (deleted, or moved aside as damaged) is queued again, with one warning line naming the file."""
-    with storage_lock(url):
-        study = open_study(storage, study_name(profile, table), "maximize", optuna.samplers.RandomSampler(),
-                           optuna.pruners.NopPruner())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["AP"])
-        fail_stale_trials(study, storage, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, max_retry=None)
-        _fail_dead_local_workers(study, storage)
-        # A point is live while some trial of it is waiting, running or complete; a point whose trials all
-        # failed (a crashed run, or a point left over from another SEEDS/TABLES selection) is queued again.
-        # A finished point counts only while its run file is there (runs/ is the truth, the journal coordinates).
-        live, finished = set(), set()
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE,
-                                                          TrialState.PRUNED)):
-            p = t.system_attrs.get("fixed_params") or t.params
-            key = (p.get("row"), p.get("seed"))
-            if t.state in (TrialState.WAITING, TrialState.RUNNING):
-                live.add(key)
-            elif t.state == TrialState.COMPLETE or t.user_attrs.get("status") == DIVERGED:
-                finished.add(key)
-        for key in sorted(finished - live, key=str):
-            h = (hashes or {}).get(key)
-            if store is None or h is None or store.path(h).exists():
-                live.add(key)
-            elif h not in store.moved:  # (a damaged file moved aside has had its warning)
-                warn(f"{store.path(h)} is missing, but table {table.id}'s trial of row {key[0]!r} seed {key[1]} "
-                     "finished: that run is run again")
-        for row in table.rows:
-            for seed in seeds:
-                if (row.name, seed) not in live:
-                    study.enqueue_trial({"row": row.name, "seed": seed})
-    return study
+    study = open_points_study(url, storage, study_name(profile, table))
 
-
-@contextlib.contextmanager
-def _run_lock(work_dir: Path, key: str):
-    """Exclusive per-config lock (``fcntl``; released by the kernel if the worker dies)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with open(work_dir / f"{key}.lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _claim(url: str, study: optuna.Study, storage):
-    """The next waiting trial, claimed under the storage's file lock (one claimer at a time)."""
-    with storage_lock(url):
-        return pop_waiting_trial(study, storage, user_attrs={"worker": _worker_id()})
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _fail_dead_local_workers(study: optuna.Study, storage) -> None:
-    """A RUNNING trial whose worker ran on this machine and no longer exists (kill -9, OOM, reboot) is
-    failed at once, without waiting for its heartbeat to go stale (that wait is for other machines)."""
-    host = socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(study.study_name), t.number)
-        try:
-            storage.set_trial_user_attr(trial_id, "reason", f"worker {worker} died")
-            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker got there first
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    def still_finished(key) -> bool:  # runs/ is the truth, the journal coordinates
+        h = (hashes or {}).get(key)
+        if store is None or h is None or store.path(h).exists():
+            return True
+        if h not in store.moved:  # (a damaged file moved aside has had its warning)
+            warn(f"{store.path(h)} is missing, but table {table.id}'s trial of row {key[0]!r} seed {key[1]} "
+                 "finished: that run is run again")
         return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
+
+    enqueue_missing(url, study, storage, [{"row": row.name, "seed": seed} for row in table.rows for seed in seeds],
+                    lambda p: (p.get("row"), p.get("seed")), still_finished)
+    return study
 
 
 def run_one(spec: RunSpec, run_dir: Path, log_path: Path, in_process: bool = False) -> dict:
@@ -291,8 +218,8 @@ def _run_tables(tables, profile, seeds, store, work_dir, url, storage, specs, by
     for table in tables:
         study = prepare_study(url, storage, profile, table, seeds, store,
                               {(r, sd): h for (t, r, sd), h in hashes.items() if t == table.id})
-        while (trial := _claim(url, study, storage)) is not None:
-            fixed = storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
+        while (trial := claim(url, study, storage)) is not None:
+            fixed = fixed_params(storage, trial)
             spec = by_key.get((table.id, fixed.get("row"), fixed.get("seed")))
             if spec is None:  # a point of a row or seed no longer in the sweep file / this invocation
                 study.tell(trial, state=TrialState.FAIL)
@@ -304,7 +231,7 @@ def _run_tables(tables, profile, seeds, store, work_dir, url, storage, specs, by
             try:
                 metrics = _run_claimed(spec, table, store, work_dir, storage, trial, in_process, bar, say, unique)
             except KeyboardInterrupt:
-                _fail_interrupted(study, trial)
+                fail_interrupted(study, trial)
                 raise
             # the store is shared by every worker: count what all of them finished (rate and ETA stay honest)
             finished = sum(1 for h in unique if store.path(h).exists())
@@ -322,7 +249,7 @@ def _run_tables(tables, profile, seeds, store, work_dir, url, storage, specs, by
 
 
 def _run_claimed(spec, table, store, work_dir, storage, trial, in_process, bar, say, unique) -> dict:
-    with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), _run_lock(work_dir, spec.config_hash):
+    with TrialHeartbeat(storage, [trial._trial_id], HEARTBEAT_SECONDS), run_lock(work_dir, spec.config_hash):
         # Under the lock: a run shared by two tables that another worker is training is waited for,
         # then read from the store, never trained twice.
         metrics = store.get(spec.config_hash)
@@ -341,35 +268,6 @@ def _run_claimed(spec, table, store, work_dir, storage, trial, in_process, bar, 
                 RunStore(store.root / "failed").put(spec.config_hash, metrics)
             say.finished(spec, metrics, seconds, sum(1 for h in unique if store.path(h).exists()))
     return metrics
-
-
-def tell_run(study: optuna.Study, trial, metrics: dict) -> None:
-    """A finished run's trial: COMPLETE with its AP; a diverged run (data, kept in runs/) PRUNED with the user
-    attr ``status=diverged`` (it has no AP: a COMPLETE 0.0 would read as a real AP of 0); a failed one FAIL."""
-    status = metrics.get("status")
-    if status == DIVERGED:
-        trial.set_user_attr("status", DIVERGED)
-        study.tell(trial, state=TrialState.PRUNED)
-    elif status in CACHED_STATUSES:
-        study.tell(trial, float(metrics.get("AP", 0.0)))
-    else:
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def _fail_interrupted(study: optuna.Study, trial) -> None:
-    """Best effort, with further Ctrl-C ignored: the stopped run's trial FAILs now, so the next invocation
-    queues its point again at once (a dead worker's RUNNING trial would be found too, a little later)."""
-    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if previous is not None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-    except Exception:  # noqa: BLE001 - the dead-worker check fails it on the next start anyway
-        pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _duration(seconds: float) -> str:
@@ -420,8 +318,7 @@ def wait_for_other_workers(tables: list[Table], profile: str, url: str, storage,
         running = 0
         for tid, study in studies.items():
             with storage_lock(url):
-                fail_stale_trials(study, storage, HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, max_retry=None)
-                _fail_dead_local_workers(study, storage)
+                refresh(study, storage)
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 fixed = t.system_attrs.get("fixed_params") or {}
                 running += (tid, fixed.get("row"), fixed.get("seed")) in keys

@@ -36,6 +36,7 @@ from focalbench.sweeps.storage import (
     storage_lock,
     url_password,
 )
+from focalbench.sweeps.engine import worker_id
 from focalbench.sweeps.study import (
     PRUNER_ATTR,
     TrialHeartbeat,
@@ -325,11 +326,12 @@ class OptunaSweeperImpl(Sweeper):
         batch = []
         for _ in range(n):
             if grid:
-                trial = pop_waiting_trial(study, storage)
+                trial = pop_waiting_trial(study, storage, user_attrs={"worker": worker_id()})
             else:
                 with warnings.catch_warnings():  # we record heartbeats ourselves (TrialHeartbeat)
                     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                     trial = study.ask()
+                trial.set_user_attr("worker", worker_id())
             if trial is None:
                 break
             batch.append(trial)
