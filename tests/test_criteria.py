@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
-from focalbench.builders import build_part
+from focalbench.parts import build_part
 from focalbench.losses import build_classification_loss, one_hot_targets, select_hard_examples
 from focalbench.model.anchors import grid_anchors
 

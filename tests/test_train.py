@@ -53,6 +53,9 @@ def test_smoke_run_per_loss_family(smoke_root, tmp_path, loss):
     assert m["overrides"][-len(loss):] == loss
     assert m["val_images"] == 8 and all(0.0 <= m[k] <= 100.0 for k in STAT_NAMES)
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").exists()
+    opts = m["step_options"]  # what the training steps used, recorded per run
+    assert opts["precision"] == "32-true" and opts["channels_last"] is False and opts["torch_threads"] == 1
+    assert opts["loss_kernel"] == "eager"  # the smoke profile's ~1e4 logits stay below the compile threshold
 
 
 def test_anchor_config_changes_anchor_count(smoke_root, tmp_path):

@@ -1,7 +1,7 @@
 """What one training run is made of, built from its composed config (the training app: focalbench.train).
 
 Each section that instantiates (``loss``, ``model.backbone``, ``optim``, ``data``, ``logger``: see
-focalbench.parts and ``config_schema.PARTS``) is built from its ``_target_``; the packaged config files name
+focalbench.parts and its table ``PARTS``) is built from its ``_target_``; the packaged config files name
 focalbench's own builders, a user's config file may name their own class. The rest (the detector around the
 backbone, the Lightning loop, the trainer, the callbacks) is focalbench's.
 
@@ -22,26 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import PART
-from focalbench.parts import TARGET, instantiate_part, is_external, params_of
-
-
-def section(cfg: DictConfig, key: str) -> dict:
-    """A resolved config section as a plain dict (``{}`` when absent)."""
-    node = OmegaConf.select(cfg, key)
-    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
-
-
-def build_part(cfg: DictConfig | dict, key: str, *args: Any, **runtime: Any) -> Any:
-    """``key``'s section instantiated by its ``_target_`` (the packaged one when the section names none)."""
-    sec = section(cfg, key) if isinstance(cfg, DictConfig) else dict(cfg)
-    part = PART[key]
-    if not sec.get(TARGET):
-        if not isinstance(part.builtin, str):
-            raise ValueError(f"{key}: no _target_ and more than one built-in builder")
-        sec[TARGET] = part.builtin
-    inherited = params_of(part.builtin) if is_external(sec) else ()
-    return instantiate_part(sec, key, *args, drop=part.drop, inherited=inherited, **runtime)
+from focalbench.parts import TARGET, build_part, instantiate_part, section  # noqa: F401 (build_part: re-exported)
 
 
 # ---------------------------------------------------------------------------------------------- schedule

@@ -53,6 +53,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from focalbench import parts
+
 __all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "check_command_line",
            "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule", "config_entries", "check_added_keys",
            "check_data_root", "composition_error_line", "check_output_dir", "os_error_line", "PARTS", "PART",
@@ -84,31 +86,7 @@ VERIFY = ("auto", "all", "lazy")                                        # data.c
 EXTRA_KEYS = ("data.verify_images", "data.box_tolerance", "data.cache_limit_mb", "data.drop_last",
               "data.build_args.seed")
 
-@dataclass(frozen=True)
-class Part:
-    """A config section that instantiates (focalbench.parts): its key, the packaged target, the keys the
-    section holds for focalbench rather than for the target (``drop``), the arguments the builder passes at
-    run time (``runtime``), and the rules that still apply when a user's own target replaces ours (``keep``)."""
-    key: str
-    builtin: str | tuple[str, ...]
-    drop: tuple[str, ...] = ()
-    runtime: tuple[str, ...] = ()
-    keep: tuple[str, ...] = ()
-
-
-# the learning-rate schedule and the linear scaling rule stay focalbench's, whatever optimiser a target makes
-SCHEDULE_KEYS = ("schedule", "steps", "gamma", "min_factor", "warmup_iters", "warmup_factor", "scale_with_batch",
-                 "base_batch", "ema_decay")
-PARTS: tuple[Part, ...] = (
-    Part("loss", "focalbench.losses.build_classification_loss"),
-    Part("model.backbone", "focalbench.model.backbone.build_body"),
-    Part("optim", "focalbench.model.lit.build_optimizer", drop=SCHEDULE_KEYS, runtime=("params",),
-         keep=tuple(f"optim.{k}" for k in ("lr",) + SCHEDULE_KEYS)),
-    Part("data", "focalbench.data.CocoDataModule", runtime=("seed",), keep=("data.batch_size",)),
-    Part("logger", ("focalbench.tracking.tensorboard_logger", "focalbench.tracking.wandb_logger"),
-         drop=("log_images",), runtime=("save_dir", "config", "identity", "run_id")),
-)
-PART = {p.key: p for p in PARTS}
+from focalbench.parts import PART, PARTS, SCHEDULE_KEYS, Part  # noqa: E402,F401 - the table of parts (parts.py)
 # trainer.* keys focalbench maps onto lightning.Trainer itself (conf/trainer/default.yaml); any other trainer.* key
 # is passed to the Trainer as it is and must be one of its arguments (trainer_arguments: its own signature)
 TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "max_steps", "val_every_n_epochs",
@@ -417,8 +395,6 @@ def _check_trainer(trainer: dict) -> None:
         if not isinstance(callbacks, list) or not all(isinstance(cb, dict) and cb.get("_target_") for cb in callbacks):
             raise ConfigError(f"trainer.callbacks={_show(callbacks)}: must be a list of {{_target_: ..., <arguments>}}"
                               f" (Lightning callbacks, added to focalbench's own)")
-        from focalbench import parts
-
         for i, cb in enumerate(callbacks):
             try:
                 parts.check_part(cb, f"trainer.callbacks[{i}]")
@@ -429,8 +405,6 @@ def _check_trainer(trainer: dict) -> None:
 def _check_parts(c: dict) -> list[Part]:
     """The sections whose ``_target_`` is a user's own (their keys checked against its signature); a
     ``_target_`` inside focalbench must be the section's packaged one (the config hash leaves it out)."""
-    from focalbench import parts
-
     external = []
     for part in PARTS:
         found, section = _lookup(c, part.key)

@@ -24,6 +24,7 @@ import inspect
 import os
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,33 @@ log = logging.getLogger(__name__)
 TARGET = "_target_"
 BUILTIN_PREFIX = "focalbench."
 RESERVED = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A config section that instantiates (focalbench.parts): its key, the packaged target, the keys the
+    section holds for focalbench rather than for the target (``drop``), the arguments the builder passes at
+    run time (``runtime``), and the rules that still apply when a user's own target replaces ours (``keep``)."""
+    key: str
+    builtin: str | tuple[str, ...]
+    drop: tuple[str, ...] = ()
+    runtime: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+
+
+# the learning-rate schedule and the linear scaling rule stay focalbench's, whatever optimiser a target makes
+SCHEDULE_KEYS = ("schedule", "steps", "gamma", "min_factor", "warmup_iters", "warmup_factor", "scale_with_batch",
+                 "base_batch", "ema_decay")
+PARTS: tuple[Part, ...] = (
+    Part("loss", "focalbench.losses.build_classification_loss"),
+    Part("model.backbone", "focalbench.model.backbone.build_body"),
+    Part("optim", "focalbench.model.lit.build_optimizer", drop=SCHEDULE_KEYS, runtime=("params",),
+         keep=tuple(f"optim.{k}" for k in ("lr",) + SCHEDULE_KEYS)),
+    Part("data", "focalbench.data.CocoDataModule", runtime=("seed",), keep=("data.batch_size",)),
+    Part("logger", ("focalbench.tracking.tensorboard_logger", "focalbench.tracking.wandb_logger"),
+         drop=("log_images",), runtime=("save_dir", "config", "identity", "run_id")),
+)
+PART = {p.key: p for p in PARTS}
 
 
 class TargetError(ValueError):
@@ -175,3 +203,26 @@ def strip_builtin_targets(node: Any) -> Any:
     if isinstance(node, list):
         return [strip_builtin_targets(v) for v in node]
     return node
+
+
+def section(cfg, key: str) -> dict:
+    """A resolved config section as a plain dict (``{}`` when absent)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def build_part(cfg, key: str, *args: Any, **runtime: Any) -> Any:
+    """``key``'s section (of a composed config, or the section itself as a dict) instantiated by its
+    ``_target_``, the packaged one (``PART[key].builtin``) when the section names none."""
+    from omegaconf import DictConfig
+
+    sec = section(cfg, key) if isinstance(cfg, DictConfig) else dict(cfg)
+    part = PART[key]
+    if not sec.get(TARGET):
+        if not isinstance(part.builtin, str):
+            raise ValueError(f"{key}: no _target_ and more than one built-in builder")
+        sec[TARGET] = part.builtin
+    inherited = params_of(part.builtin) if is_external(sec) else ()
+    return instantiate_part(sec, key, *args, drop=part.drop, inherited=inherited, **runtime)

@@ -27,6 +27,26 @@ def config_hash(config: Mapping[str, Any], length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def hashed_view(config: Mapping[str, Any], not_hashed: tuple[str, ...] = (),
+                not_hashed_in: Mapping[str, tuple[str, ...]] | None = None) -> dict:
+    """What a run's identity is taken over (``config_hash(hashed_view(...))``), for every app: the resolved
+    config minus the top-level sections ``not_hashed`` and the keys ``not_hashed_in[section]`` (where and how
+    a run is recorded, not what it computes), and minus the ``_target_`` keys that name focalbench's own
+    builders (implied by the sections' names, focalbench.parts)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from focalbench.parts import strip_builtin_targets
+
+    if isinstance(config, DictConfig):  # drop first: the hydra node holds interpolations only a job resolves
+        config = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k not in not_hashed]),
+                                        resolve=True)
+    c = {k: v for k, v in dict(config).items() if k not in not_hashed}
+    for section, keys in (not_hashed_in or {}).items():
+        if isinstance(c.get(section), dict):
+            c[section] = {k: v for k, v in c[section].items() if k not in keys}
+    return strip_builtin_targets(c)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

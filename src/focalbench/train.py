@@ -33,9 +33,8 @@ from focalbench.checkpoints import (CheckpointError, checkpoint_dir, continue_cs
                                     resolve_ckpt_path)
 from focalbench.builders import (build_callbacks, build_datamodule, build_module, build_trainer,  # noqa: F401
                                  derive_schedule)
-from focalbench.parts import strip_builtin_targets
 from focalbench.paths import CONF_DIR  # the package's conf/, or $FOCALBENCH_CONF
-from focalbench.runstore import atomic_write_json, config_hash, git_sha
+from focalbench.runstore import atomic_write_json, config_hash, git_sha, hashed_view
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +103,7 @@ def builtin_roots() -> list[str]:
 
 def run_config_for_hash(cfg: DictConfig) -> dict:
     """The resolved config minus output/logging/optuna keys: what decides a run's result."""
-    c = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k not in NON_HASHED]), resolve=True)
-    for k in NON_HASHED_TRAINER:
-        c.get("trainer", {}).pop(k, None)
-    return strip_builtin_targets(c)  # focalbench's own builders are named by the sections' names (parts.py)
+    return hashed_view(cfg, NON_HASHED, {"trainer": NON_HASHED_TRAINER})
 
 
 def _overrides(cfg: DictConfig) -> list[str]:
@@ -270,6 +266,8 @@ def _train_metrics(s: dict) -> dict:
         m["resumed_from_step"] = int(s["resumed_from_step"])
     if s.get("ohem_nms_removed") is not None:
         m["ohem_nms_removed"] = s["ohem_nms_removed"]
+    if s.get("step_options"):
+        m["step_options"] = s["step_options"]
     if s.get("val"):
         m["val_images"] = s["val"].get("num_images")
     return m

@@ -24,7 +24,7 @@ CLASSIFICATION_LOSSES = ("ce", "alpha_ce", "focal", "focal_star", "softmax_focal
 def build_criterion(name: str | None = None, **params: Any):
     """The criterion of ``loss`` (its ``_target_``, by default ``focalbench.losses`` by ``loss.name``); OHEM
     variants are refused here."""
-    from focalbench.builders import build_part
+    from focalbench.parts import build_part
     from focalbench.parts import is_external
 
     if name in DETECTION_ONLY and not is_external(params):

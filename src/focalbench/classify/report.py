@@ -265,15 +265,13 @@ def write_report(sweep: dict, tables: list[str], out_dir: Path, command: str, wa
 
 
 def _invocations_text(out_dir: Path) -> str:
-    import json
+    from focalbench.provenance import INVOCATIONS, read_invocations
 
-    path = out_dir / "invocations.json"
-    log = json.loads(path.read_text()) if path.exists() else []
-    trained = [e for e in log if e.get("new_runs", 0) > 0]
+    trained = [e for e in read_invocations(out_dir) if e.get("runs_finished_meanwhile", 0) > 0]
     if not trained:
-        return "no invocation recorded (invocations.json)"
-    parts = [f"{e['wall_seconds']:.0f} s for {e['new_runs']} new runs ({e.get('workers', '?')} workers, "
-             f"started {e['started']}{', ' + e['note'] if e.get('note') else ''})" for e in trained]
+        return f"no invocation recorded ({INVOCATIONS})"
+    parts = [f"{e['wall_seconds']:.0f} s for {e['runs_finished_meanwhile']} new runs ({e.get('workers', '?')} "
+             f"workers, started {e['start']}{', ' + e['note'] if e.get('note') else ''})" for e in trained]
     total = sum(e["wall_seconds"] for e in trained)
     return f"{total:.0f} s in all ({len(trained)} invocation(s) that trained: " + "; ".join(parts) + ")"
 

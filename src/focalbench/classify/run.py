@@ -17,8 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from focalbench.config_schema import validate_config
 from focalbench.paths import CLASSIFY_CONF_DIR, PACKAGE_DIR
-from focalbench.parts import strip_builtin_targets
-from focalbench.runstore import atomic_write_json, config_hash, git_sha
+from focalbench.runstore import atomic_write_json, config_hash, git_sha, hashed_view
 
 from .criterion import build_criterion
 from .data import build_splits
@@ -53,12 +52,9 @@ def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bo
 
 
 def run_config_for_hash(cfg: DictConfig | dict) -> dict:
-    """The resolved config minus output/logging/optuna keys: what ``config_hash`` is taken over."""
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    for k in _NOT_HASHED:
-        c.pop(k, None)
-    c["trainer"] = {k: v for k, v in c.get("trainer", {}).items() if k not in _NOT_HASHED_TRAINER}
-    return strip_builtin_targets(c)  # focalbench's own builders are named by loss.name (focalbench.parts)
+    """The resolved config minus output/logging/optuna keys: what ``config_hash`` is taken over (the same
+    rule as the detection app's, runstore.hashed_view, with this app's own non-hashed keys)."""
+    return hashed_view(cfg, _NOT_HASHED, {"trainer": _NOT_HASHED_TRAINER})
 
 
 class _Batches(torch.utils.data.IterableDataset):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing as mp
-import platform
 import sys
 import time
 import warnings
@@ -31,7 +30,8 @@ import yaml
 from focalbench.paths import SWEEPS_DIR
 from focalbench.classify.plan import grid, storage_for, storage_url, study_name
 from focalbench.classify.report import write_report
-from focalbench.runstore import RunStore, atomic_write_json, config_hash
+from focalbench.provenance import hardware, record_invocation
+from focalbench.runstore import RunStore, config_hash
 from focalbench.sweeps.engine import (HEARTBEAT_SECONDS, claim, enqueue_missing, fail_interrupted, fixed_params,
                                       open_points_study, tell_run)
 
@@ -237,31 +237,6 @@ def run_study(sweep: dict, tables: list[str], out_dir: Path, workers: int = 1, p
     return timings
 
 
-def hardware() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores visible, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
-
-
-def log_invocation(out_dir: Path, entry: dict) -> None:
-    import json
-
-    path = out_dir / "invocations.json"
-    log = json.loads(path.read_text()) if path.exists() else []
-    atomic_write_json(path, log + [entry])
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m focalbench.classify.study", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="cpu", help="smoke | cpu (sweeps/imbalance.yaml profiles)")
@@ -281,15 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     tables = args.tables or sweep["default_tables"]
     out_dir = Path(args.results) / args.profile / "imbalance"
     command = "python -m focalbench.classify.study " + " ".join(argv if argv is not None else sys.argv[1:])
-    t0 = time.perf_counter()
+    t0, start = time.perf_counter(), time.time()
     n_before = len(RunStore(out_dir / "runs").keys())
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     timings = {} if args.report_only else run_study(sweep, tables, out_dir, args.workers, not args.no_progress)
     wall = time.perf_counter() - t0
     if not args.report_only:  # the wall time of a study that was resumed is the sum of its invocations
-        log_invocation(out_dir, {"command": command.strip(), "started": started, "wall_seconds": round(wall, 1),
-                                 "new_runs": len(RunStore(out_dir / "runs").keys()) - n_before,
-                                 "workers": args.workers, "hardware": hardware()})
+        record_invocation(out_dir, command.strip(), start, time.time(), n_before,
+                          len(RunStore(out_dir / "runs").keys()), workers=args.workers, hardware=hardware())
     verdicts = write_report(sweep, tables, out_dir, command=command.strip(), wall_seconds=wall,
                             timings=timings, hardware=hardware(), workers=args.workers)
     for table, v in verdicts.items():

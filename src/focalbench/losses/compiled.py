@@ -119,7 +119,13 @@ def use_compiled(x: torch.Tensor) -> bool:
     if reason:
         _warn_once(reason)
         return False
+    _state["used"] = True
     return True
+
+
+def used() -> bool:
+    """Whether this process has taken the compiled path at least once (recorded in a run's metrics.json)."""
+    return bool(_state.get("used"))
 
 
 def _mark_broken(e: BaseException) -> None:

@@ -50,6 +50,16 @@ def build_optimizer(params, name: str = "sgd", lr: float = 0.01, weight_decay: f
     raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
 
 
+def cpu_native_bf16() -> bool:
+    """AMX-BF16 or AVX512-BF16 in /proc/cpuinfo (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def peak_memory_mb(device: torch.device | None = None) -> float:
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -127,9 +137,20 @@ class RetinaNetModule(L.LightningModule):
         removed = getattr(self.model.criterion, "nms_removed_fraction", None)
         if removed is not None:
             self.summary["ohem_nms_removed"] = removed()
+        self.summary["step_options"] = self.step_options()
         if not self.summary["diverged"] and not all(torch.isfinite(p).all() for p in self.model.parameters()):
             self.summary.update(diverged=True, reason=f"non-finite weights after step {self.global_step}")
         self._write_summary()
+
+    def step_options(self) -> dict:
+        """What the training steps of this run used (metrics.json ``step_options``): the trainer's precision, the
+        memory format, the focal loss's kernel (``compiled``: focalbench.losses.compiled, ``eager``), torch's
+        threads, and whether this CPU has native bf16 (AMX or AVX512-BF16), where bf16 autocast can pay."""
+        from focalbench.losses import compiled
+
+        return {"precision": str(self.trainer.precision), "channels_last": bool(getattr(self.model, "channels_last", False)),
+                "loss_kernel": "compiled" if compiled.used() else "eager", "torch_threads": torch.get_num_threads(),
+                "device": str(self.device), "cpu_native_bf16": cpu_native_bf16()}
 
     def _gt_totals(self) -> tuple[int, int]:
         now = self._gt_counts.tolist() if self._gt_counts is not None else (0, 0)
@@ -165,7 +186,7 @@ class RetinaNetModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        from focalbench.builders import build_part
+        from focalbench.parts import build_part
 
         opt = build_part(o, "optim", params)  # optim._target_ (build_optimizer): the schedule keys stay ours
         kw = dict(max_steps=self.max_steps, warmup_iters=int(o.get("warmup_iters", 0)),

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
-import socket
-from datetime import datetime, timezone
-import platform
 from pathlib import Path
 
 import torch
@@ -22,55 +17,9 @@ from focalbench.reproduce.stats import TauStats
 from focalbench.reproduce.runner import RunSpec
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import RunStore, atomic_write_text
-
-
-INVOCATIONS = "invocations.jsonl"
-
-
-def record_invocation(results_dir: Path, command: str, start: float, end: float, runs_before: int,
-                      runs_after: int, status: str | None = None) -> None:
-    """Append one line per reproduction invocation (workers may run concurrently; O_APPEND keeps lines whole);
-    ``status`` (e.g. ``interrupted``) only when the invocation did not end normally."""
-    entry = {"start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 1),
-             "runs_finished_meanwhile": runs_after - runs_before, "worker": f"{socket.gethostname()}:{os.getpid()}",
-             "command": command}
-    if status is not None:
-        entry["status"] = status
-    with open(results_dir / INVOCATIONS, "a") as f:
-        f.write(json.dumps(entry) + "\n")
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
-
-
-def read_invocations(results_dir: Path) -> list[dict]:
-    path = results_dir / INVOCATIONS
-    if not path.exists():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON line ({e.msg})") from None
-    return out
-
-
-def elapsed_seconds(invocations: list[dict]) -> float:
-    """Wall time covered by the invocations' [start, end] intervals: concurrent workers count once."""
-    spans = sorted((datetime.fromisoformat(i["start"]).timestamp(), datetime.fromisoformat(i["end"]).timestamp())
-                   for i in invocations)
-    total, cur_start, cur_end = 0.0, None, None
-    for a, b in spans:
-        if cur_end is None or a > cur_end:
-            if cur_end is not None:
-                total += cur_end - cur_start
-            cur_start, cur_end = a, b
-        else:
-            cur_end = max(cur_end, b)
-    return total + (cur_end - cur_start if cur_end is not None else 0.0)
+# the invocation log and the machine line are shared with the imbalance study
+from focalbench.provenance import (INVOCATIONS, elapsed_seconds, hardware, read_invocations,  # noqa: F401
+                                   record_invocation)
 
 
 def _wall_time_lines(results_dir: Path, wall_seconds: float | None) -> list[str]:
@@ -334,8 +283,7 @@ def _report(tables, summary, sections, command, profile_summary, wall_seconds, s
               f"- finished runs: {len(runs)} unique configurations "
               f"({sum(r.get('status') == 'diverged' for r in runs)} diverged); training time {train_s / 60:.1f} min",
               *_wall_time_lines(store.root.parent, wall_seconds),
-              f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; torch threads "
-              f"per run: {_run_threads(runs)}; torch {torch.__version__}, Python {platform.python_version()}",
+              f"- hardware (where this report was written): {hardware()}; torch threads per run: {_run_threads(runs)}",
               "", "## Command", "", f"```\n{command}\n```", "", "## Tables", ""]
     lines += sections
     lines += ["## Figures", "",
