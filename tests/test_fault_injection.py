@@ -394,7 +394,7 @@ def test_override_after_tables_reaches_the_config_and_unknown_table_lists_known(
     assert proc.returncode == 2 and _errors(proc.stderr) == ["error: trainer.max_steps=abc: must be an integer >= 1"]
     proc = _reproduce(tmp_path, "--tables", TABLE, "1z", timeout=120)
     assert proc.returncode == 2
-    assert _errors(proc.stderr) == ["error: TABLES: unknown table '1z'; known tables: 1a 1b 1c 1d 3"]
+    assert _errors(proc.stderr) == ["error: TABLES: unknown table '1z'; known tables: 1a 1b 1c 1d 1e 3"]
 
 
 def test_diverged_run_trial_is_pruned_with_status_and_stays_done(tmp_path):

@@ -52,7 +52,8 @@ def test_sweep_files_load_with_paper_numbers_rule_and_figure(tid):
 def test_tables_name_the_rules_of_their_claims():
     kinds = {tid: (load_table(tid).verdict["rule"], load_table(tid).figure) for tid in TABLE_FILES}
     assert kinds == {"1a": ("collapse_and_peak", "line"), "1b": ("beats_best", "line"),
-                     "1c": ("ratios_and_scales", "anchors"), "1d": ("beats_best", "bars"), "3": ("equivalent", "bars")}
+                     "1c": ("ratios_and_scales", "anchors"), "1d": ("beats_best", "bars"), "3": ("equivalent", "bars"),
+                     "1e": ("larger_is_better_and_slower", "speed")}
     assert load_table("1a").figure_file == "table1a_ap_vs_alpha" and load_table("1c").figure_file == "table1c_anchors"
     assert load_table("1b").verdict["others"] == {"override": "loss=alpha_ce", "tables": ["1a"]}
 
@@ -286,8 +287,15 @@ def test_every_table_figure_is_drawn_by_its_kind(tmp_path, tid):
     _, rows = rows_for(tid, list(np.linspace(5, 12, len(t.rows))))
     first = t.rows[0].name if t.rows[0].name != t.baseline_row else t.rows[1].name
     rows[first] = row(first, 1.0, [0.0] * 3, status=["diverged"] * 3, **t.rows[0].extra)
+    if t.figure == "speed":  # AP against inference time: untimed runs draw nothing
+        assert figures.table_figure(t, rows, tmp_path / "untimed") is None
+        for i, r in enumerate(rows.values()):
+            for run in r.runs:
+                run["inference_ms_per_image"] = 2.0 * (i + 1)
     path = figures.table_figure(t, rows, tmp_path, noise_sd=1.0)
     assert path == tmp_path / f"{t.figure_file}.png" and path.stat().st_size > 10_000
+    if t.figure == "speed":
+        return
     rows[t.baseline_row] = row(t.baseline_row, 1.0, [0.0] * 3, status=["diverged"] * 3)
     assert figures.table_figure(t, rows, tmp_path / "none") is None       # no baseline AP: nothing to plot
 
@@ -326,3 +334,40 @@ def test_new_table_is_one_yaml_file(tmp_path):
     (tmp_path / "table9b_dup.yaml").write_text(text)
     with pytest.raises(SweepFileError, match="table9b_dup.yaml: table '9' is also defined in table9_mine.yaml"):
         table_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- Table 1e (speed)
+def _speed_rows(aps, ms):
+    t = load_table("1e")
+    out = {}
+    for r, base, m in zip(t.rows, aps, ms):
+        rr = row(r.name, r.paper["AP"], seeded(base), **r.extra)
+        for s, run in enumerate(rr.runs):
+            run["inference_ms_per_image"] = m[s] if isinstance(m, (list, tuple)) else m
+            run["inference"] = {"ms_per_image": run["inference_ms_per_image"], "batch_size": 1, "torch_threads": 1}
+        out[r.name] = rr
+    return t, out
+
+
+def test_speed_rule_needs_more_accurate_and_slower(tmp_path):
+    from focalbench.reproduce.figures import table_figure
+
+    t, rows = _speed_rows([5.0, 8.0, 10.0], [2.0, 6.0, 20.0])
+    v = table_verdict(t, rows)
+    assert v.verdict == "supported" and v.parts == {"more accurate": "holds", "slower": "holds"}
+    assert "median ms per image: 64 px 2.00, 128 px 6.00, 256 px 20.00" in v.detail
+    assert table_figure(t, rows, tmp_path).name == "table1e.png"
+    # a larger scale that is less accurate: contradicted
+    t, rows = _speed_rows([5.0, 8.0, 6.0], [2.0, 6.0, 20.0])
+    assert table_verdict(t, rows).parts["more accurate"] == "fails"
+    # a larger scale timed faster at one seed: the "slower" part fails
+    t, rows = _speed_rows([5.0, 8.0, 10.0], [2.0, [6.0, 6.0, 6.0], [20.0, 5.0, 20.0]])
+    v = table_verdict(t, rows)
+    assert v.verdict == "contradicted" and v.parts["slower"] == "fails" and "256 px vs 128 px" in v.detail
+    # runs made before inference was timed: the time part is unknown, never guessed
+    t, rows = _speed_rows([5.0, 8.0, 10.0], [None, None, None])
+    for r in rows.values():
+        for run in r.runs:
+            run.pop("inference_ms_per_image")
+    v = table_verdict(t, rows)
+    assert v.verdict == "inconclusive" and v.parts["slower"] == "unknown"

@@ -30,7 +30,7 @@ def test_wheel_trains_smoke_from_any_directory(tmp_path):
                            cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.splitlines()[0].startswith(str(site))  # the wheel's copy, not the source tree's
-    assert probe.stdout.splitlines()[1] == "['1a', '1b', '1c', '1d', '3']"
+    assert probe.stdout.splitlines()[1] == "['1a', '1b', '1c', '1d', '1e', '3']"
     run = subprocess.run([sys.executable, "-m", "focalbench.train", "profile=smoke", "hydra.run.dir=run"],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -268,6 +268,9 @@ def _train_metrics(s: dict) -> dict:
         m["ohem_nms_removed"] = s["ohem_nms_removed"]
     if s.get("step_options"):
         m["step_options"] = s["step_options"]
+    if s.get("inference"):  # the final evaluation's median inference time (Table 1e)
+        m["inference_ms_per_image"] = s["inference"]["ms_per_image"]
+        m["inference"] = s["inference"]
     if s.get("val"):
         m["val_images"] = s["val"].get("num_images")
     return m

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -201,6 +202,7 @@ class RetinaNetModule(L.LightningModule):
         self._add_train_time()  # evaluation time is not training time
         self._val_dets = {}
         self._val_images = []
+        self._val_times, self._val_batch_sizes = [], []
 
     def on_validation_end(self):
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
@@ -208,10 +210,18 @@ class RetinaNetModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         images, targets = batch
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        t0 = time.perf_counter()
         outputs = self.model(images)
         anchors = self.model.anchors(images)
         sizes = torch.stack([_input_size(t, images) for t in targets])
         preds = self.model.postprocess(outputs, anchors, sizes)
+        if images.device.type == "cuda":
+            torch.cuda.synchronize(images.device)
+        # inference time (network + anchors + decoding + NMS; not the COCO evaluation), per image of the batch
+        self._val_times.append((time.perf_counter() - t0) * 1000.0 / max(1, len(targets)))
+        self._val_batch_sizes.append(len(targets))
         l2c = self.trainer.datamodule.label_to_cat_id
         for p, t in zip(preds, targets):
             self._val_dets[int(t["image_id"])] = to_coco_detections(p, t, l2c)
@@ -241,6 +251,11 @@ class RetinaNetModule(L.LightningModule):
         self.log_dict({f"val/{k}": float(stats[k]) for k in STAT_NAMES}, sync_dist=True)
         self.summary["val"] = stats
         self.summary["last_eval_step"] = int(self.global_step)
+        if self._val_times:  # rank zero's batches: median ms per image, with the batch size and threads it had
+            self.summary["inference"] = {"ms_per_image": round(float(np.median(self._val_times)), 3),
+                                         "batch_size": int(np.median(self._val_batch_sizes)),
+                                         "torch_threads": torch.get_num_threads(), "device": str(self.device),
+                                         "batches": len(self._val_times)}
         self._log_val_images()
         self._write_summary()
 

@@ -477,6 +477,54 @@ def rule_equivalent(ctx: Context, p: dict) -> Verdict:
                    {"about as good": {"supported": "holds", "contradicted": "fails"}.get(verdict, "unknown")})
 
 
+# ---- larger_is_better_and_slower: Table 1e, "larger input scales are more accurate and slower"
+
+TIME_KEY = "inference_ms_per_image"
+
+
+def _describe_larger_is_better_and_slower(p: dict) -> str:
+    order = ", ".join(f"'{n}'" for n in p["order"])
+    return (f"Two parts along the scales {order}. *More accurate*: each larger scale beats the next smaller one "
+            "(paired AP difference, 95% CI above 0); it fails when a smaller scale beats a larger one "
+            "(Bonferroni-corrected 95% CI below 0). *Slower*: each larger scale's median inference time per image "
+            "(`inference_ms_per_image`, timed in the run's final evaluation) is above the next smaller one's at "
+            "every seed. **Supported** when both parts hold, **contradicted** when either fails, else "
+            "**inconclusive**.")
+
+
+@register("larger_is_better_and_slower", _describe_larger_is_better_and_slower, required=("order",),
+          row_params=("order",))
+def rule_larger_is_better_and_slower(ctx: Context, p: dict) -> Verdict:
+    rows = [ctx.rows[n] for n in p["order"]]
+    gone = _missing(rows)
+    if gone:
+        return Verdict("not run", f"no finished run: {gone}", "larger_is_better_and_slower")
+    if not all(r.complete for r in rows):
+        return Verdict("inconclusive", "a scale diverged at every seed: "
+                       + ", ".join(r.name for r in rows if not r.complete), "larger_is_better_and_slower")
+    steps = list(zip(rows, rows[1:]))
+    comps = [ctx.diff(big, small, "more accurate") for small, big in steps]
+    fam = [ctx.diff(big, small, "less accurate", level=_family(ctx.level, len(steps))) for small, big in steps]
+    accurate = "holds" if all(c.diff.effect > 0 for c in comps) else \
+        "fails" if any(c.diff.effect < 0 for c in fam) else "unknown"
+    times = [r.by_seed(TIME_KEY) for r in rows]
+    if not all(times):
+        slower, time_txt = "unknown", "no inference time recorded (runs made before it was timed)"
+    else:
+        shared = sorted(set.intersection(*(set(t) for t in times)))
+        faster = [(small.name, big.name) for (small, big), (ts, tb) in zip(steps, zip(times, times[1:]))
+                  if any(tb[s] <= ts[s] for s in shared)]
+        slower = "fails" if faster else "holds" if shared else "unknown"
+        time_txt = "median ms per image: " + ", ".join(
+            f"{r.name} {np.median(list(t.values())):.2f}" for r, t in zip(rows, times)) + (
+            f"; not slower at some seed: {', '.join(f'{b} vs {a}' for a, b in faster)}" if faster else "")
+    parts = {"more accurate": accurate, "slower": slower}
+    verdict = _combine(parts)
+    deciding = sorted(comps, key=lambda c: c.diff.low)
+    detail = ("AP " + ", ".join(_mean_txt(r) for r in rows) + f"; {time_txt}; deciding: {deciding[0].text()}")
+    return Verdict(verdict, detail, "larger_is_better_and_slower", tuple(deciding), parts)
+
+
 def describe_rule(table: Table) -> str:
     """The table's verdict rule in words (report.md)."""
     if not table.verdict:

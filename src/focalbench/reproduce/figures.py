@@ -147,7 +147,55 @@ def anchors_figure(table: Table, rows: Mapping[str, RowResult], path: Path, nois
     return _finish(fig, ax, table, path, "#scales per octave", _n_seeds(items))
 
 
-FIGURES: dict[str, Callable[..., Path | None]] = {"line": line_figure, "bars": bar_figure, "anchors": anchors_figure}
+def speed_figure(table: Table, rows: Mapping[str, RowResult], path: Path, noise_sd: float | None = None,
+                 time_key: str = "inference_ms_per_image") -> Path | None:
+    """Table 1e / the paper's Figure 2: AP against inference time per image, the paper's points (ms on an M40
+    GPU) beside ours (ms on this machine's CPU threads), one panel each: the units differ, the shape is what
+    compares. Ours: every seed (small dots) and the row's mean with its AP sd and the seeds' time range."""
+    have = [r for r in (rows[row.name] for row in table.rows) if r.complete and r.by_seed(time_key)]
+    if not have:
+        return None
+    fig, (ax_p, ax_o) = plt.subplots(1, 2, figsize=(10, 4))
+    paper = [(row.paper.get("ms"), row.paper["AP"], row.name) for row in table.rows if row.paper.get("ms")]
+    if paper:
+        ax_p.plot([p[0] for p in paper], [p[1] for p in paper], **PAPER_STYLE, label="paper: RetinaNet-50")
+        for ms, ap, name in paper:
+            sc = table.row(name).paper.get("scale")
+            ax_p.annotate(f"{sc} px" if sc else name, (ms, ap), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax_p.set_xlabel("inference time per image (ms, Nvidia M40)")
+    ax_p.set_ylabel("COCO AP (test-dev)")
+    ax_p.set_title("paper (Table 1e, Figure 2)", fontsize=10)
+    xs, ys, ex, ey = [], [], [], []
+    for r in have:
+        t, a = r.by_seed(time_key), r.by_seed()
+        shared = sorted(set(t) & set(a))
+        ax_o.scatter([t[s] for s in shared], [a[s] for s in shared], color="C0", **SEED_STYLE)
+        tm = float(np.median([t[s] for s in shared]))
+        xs.append(tm)
+        ys.append(r.mean())
+        ex.append([tm - min(t[s] for s in shared), max(t[s] for s in shared) - tm])
+        ey.append(r.std() if len(shared) > 1 else 0.0)
+        ax_o.annotate(r.name, (tm, r.mean()), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax_o.errorbar(xs, ys, xerr=np.array(ex).T, yerr=ey, color="C0", marker="o", capsize=3, linewidth=1.2,
+                  label="ours: mean AP ± sd, time range over seeds")
+    runs = [run for r in have for run in r.runs if run.get("inference")]
+    how = runs[0]["inference"] if runs else {}
+    ax_o.set_xlabel(f"inference time per image (ms, median; batch {how.get('batch_size', '?')}, "
+                    f"{how.get('torch_threads', '?')} CPU thread(s))")
+    ax_o.set_ylabel("our AP (built-in data)")
+    ax_o.set_title(f"ours ({max(len(r.values()) for r in have)} seeds)", fontsize=10)
+    for ax in (ax_p, ax_o):
+        ax.grid(color="0.9", zorder=0)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Table {table.id}: {table.title}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+FIGURES: dict[str, Callable[..., Path | None]] = {"line": line_figure, "bars": bar_figure, "anchors": anchors_figure,
+                                                  "speed": speed_figure}
 
 
 def table_figure(table: Table, rows: Mapping[str, RowResult], fig_dir: Path, noise_sd: float | None = None) -> Path | None:

@@ -33,7 +33,7 @@ def table_files(sweeps_dir: Path = SWEEPS_DIR) -> dict[str, str]:
 
 DEFAULT_TABLES = ("1a", "1b", "1c", "1d")
 PAPER_KEYS = ("AP", "AP50", "AP75")
-FIGURE_KINDS = ("line", "bars", "anchors")  # focalbench.reproduce.figures: line_figure, bar_figure, anchors_figure
+FIGURE_KINDS = ("line", "bars", "anchors", "speed")  # focalbench.reproduce.figures: line_, bar_, anchors_, speed_figure
 
 
 class SweepFileError(ValueError):
