@@ -124,8 +124,13 @@ def use_compiled(x: torch.Tensor) -> bool:
 
 
 def used() -> bool:
-    """Whether this process has taken the compiled path at least once (recorded in a run's metrics.json)."""
+    """Whether the compiled path was taken since ``clear_used`` (a run's metrics.json records it)."""
     return bool(_state.get("used"))
+
+
+def clear_used() -> None:
+    """Start counting for a new run (the flag is per process; one process may train several runs)."""
+    _state["used"] = False
 
 
 def _mark_broken(e: BaseException) -> None:

@@ -126,6 +126,9 @@ class RetinaNetModule(L.LightningModule):
         return loss
 
     def on_train_start(self):
+        from focalbench.losses import compiled
+
+        compiled.clear_used()  # step_options.loss_kernel says what this run's steps used
         self._t_train = time.perf_counter()
 
     def on_train_end(self):
