@@ -7,7 +7,6 @@ import io
 import math
 from pathlib import Path
 
-import torch
 
 from focalbench.reproduce import figures
 from focalbench.reproduce.dashboard import build_dashboard
@@ -237,10 +236,15 @@ def _figure4(specs: list[RunSpec], work_dir: Path, fig_dir: Path) -> str | None:
 
 
 def _run_threads(runs: list[dict]) -> str:
-    """The runs' ``trainer.num_threads`` as their overrides give it (the report's own process may differ)."""
-    found = sorted({o.split("=", 1)[1] for r in runs for o in r.get("overrides", [])
-                    if str(o).startswith("trainer.num_threads=")})
-    return ", ".join(found) if found else f"torch's default ({torch.get_num_threads()} here)"
+    """The runs' torch threads: recorded by the run (``step_options``), else given by its overrides, else the
+    profile's ``trainer.num_threads`` shown above (the report's own process may differ)."""
+    found = {str((r.get("step_options") or {}).get("torch_threads")) for r in runs if r.get("step_options")}
+    found |= {o.split("=", 1)[1] for r in runs for o in r.get("overrides", []) if str(o).startswith("trainer.num_threads=")}
+    recorded = sum(1 for r in runs if r.get("step_options"))
+    if not found:
+        return "the profile's trainer.num_threads (above)"
+    return ", ".join(sorted(found)) + (f" (recorded by {recorded} of {len(runs)} runs; the others: the profile's "
+                                       "trainer.num_threads above)" if 0 < recorded < len(runs) else "")
 
 
 VERDICT_RULES = (
