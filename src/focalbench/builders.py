@@ -101,15 +101,23 @@ def build_module(cfg: DictConfig, num_classes: int, schedule: dict, summary_path
     model = build_model(cfg, num_classes)
     optim = dict(section(cfg, "optim"), lr=schedule["lr"], steps=schedule["steps"],
                  warmup_iters=schedule["warmup_iters"])
-    log_images = int(cfg.logger.get("log_images", 0)) if cfg.logger.get("name") == "wandb" else 0
     return RetinaNetModule(model, optim, schedule["max_steps"], batch_size=int(cfg.data.batch_size),
-                           summary_path=summary_path, eval_backend=cfg.get("eval_backend", "faster"),
-                           log_images=log_images)
+                           summary_path=summary_path, eval_backend=cfg.get("eval_backend", "faster"))
 
 
 # --------------------------------------------------------------------------------------------- callbacks
 def build_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:
-    return _ema_callbacks(cfg) + _pruning_callbacks(cfg) + _checkpoint_callbacks(cfg, ckpt_dir)
+    """focalbench's callbacks: the EMA weights, Optuna pruning, checkpoints, W&B validation images."""
+    return _ema_callbacks(cfg) + _pruning_callbacks(cfg) + _checkpoint_callbacks(cfg, ckpt_dir) + _media_callbacks(cfg)
+
+
+def _media_callbacks(cfg: DictConfig) -> list:
+    n = int(cfg.logger.get("log_images", 0) or 0) if cfg.logger.get("name") == "wandb" else 0
+    if n <= 0:
+        return []
+    from focalbench.tracking import WandbValImages
+
+    return [WandbValImages(n)]
 
 
 def _ema_callbacks(cfg: DictConfig) -> list:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 LOGGERS = ("csv", "wandb", "tensorboard")
@@ -178,6 +179,34 @@ def finish_wandb(loggers: Sequence[Logger], metrics: Mapping[str, Any] | None, m
                 shutil.copy2(metrics_path, Path(wandb.run.dir) / Path(metrics_path).name)
     finally:
         wandb.finish()
+
+
+class WandbValImages(Callback):
+    """Logs the first validation batch's first ``n`` images with predicted and true boxes to W&B
+    (``val/predictions``, ``logger.log_images``), on rank zero, after every evaluation."""
+
+    def __init__(self, n: int = 4):
+        self.n = int(n)
+        self._items: list = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx != 0 or not trainer.is_global_zero or not outputs:
+            return
+        images, targets = batch
+        self._items = [(images[i].detach().cpu(), {k: v.detach().cpu() for k, v in outputs[i].items()},
+                        {k: targets[i][k].detach().cpu() for k in ("boxes", "labels")})
+                       for i in range(min(self.n, len(targets)))]
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        from lightning.pytorch.loggers import WandbLogger
+
+        items, self._items = self._items, []
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if trainer.sanity_checking or not loggers or not items or not trainer.is_global_zero:
+            return
+        names = getattr(trainer.datamodule, "class_names", None)
+        loggers[0].experiment.log({"val/predictions": wandb_detection_images(items, names),
+                                   "trainer/global_step": trainer.global_step})
 
 
 def wandb_detection_images(items: Sequence[tuple[torch.Tensor, dict, dict]],

@@ -75,7 +75,7 @@ class RetinaNetModule(L.LightningModule):
     """
 
     def __init__(self, model: RetinaNet, optim: Mapping[str, Any], max_steps: int, batch_size: int = 1,
-                 summary_path: str | None = None, eval_backend: str = "faster", log_images: int = 4):
+                 summary_path: str | None = None, eval_backend: str = "faster"):
         super().__init__()
         self.model = model
         self.optim = dict(optim)
@@ -87,12 +87,10 @@ class RetinaNetModule(L.LightningModule):
         self.batch_size = batch_size
         self.summary_path = summary_path
         self.eval_backend = eval_backend
-        self.log_images = log_images
         self.summary: dict[str, Any] = {"diverged": False, "reason": None, "steps": 0, "train_seconds": 0.0,
                                         "num_gt": 0, "gt_no_anchor": 0, "anchors_per_image": None,
                                         "last_eval_step": None, "val": None, "epochs": 0}
         self._val_dets: dict[int, list[dict]] = {}
-        self._val_images: list = []
         self._t_train = None
         self._gt_counts: torch.Tensor | None = None
         self._gt_counts_before = (0, 0)  # counted before the checkpoint this run resumed from
@@ -204,7 +202,6 @@ class RetinaNetModule(L.LightningModule):
     def on_validation_start(self):
         self._add_train_time()  # evaluation time is not training time
         self._val_dets = {}
-        self._val_images = []
         self._val_times, self._val_batch_sizes = [], []
 
     def on_validation_end(self):
@@ -228,10 +225,7 @@ class RetinaNetModule(L.LightningModule):
         l2c = self.trainer.datamodule.label_to_cat_id
         for p, t in zip(preds, targets):
             self._val_dets[int(t["image_id"])] = to_coco_detections(p, t, l2c)
-        if self.log_images and batch_idx == 0 and self.global_rank == 0:
-            self._val_images = [(images[i].detach().cpu(), {k: v.detach().cpu() for k, v in preds[i].items()},
-                                 {k: targets[i][k].detach().cpu() for k in ("boxes", "labels")})
-                                for i in range(min(self.log_images, len(targets)))]
+        return preds  # for callbacks (tracking.WandbValImages draws the first batch's)
 
     def on_validation_epoch_end(self):
         dets = self._val_dets
@@ -259,20 +253,7 @@ class RetinaNetModule(L.LightningModule):
                                          "batch_size": int(np.median(self._val_batch_sizes)),
                                          "torch_threads": torch.get_num_threads(), "device": str(self.device),
                                          "batches": len(self._val_times)}
-        self._log_val_images()
         self._write_summary()
-
-    def _log_val_images(self):
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or not self._val_images or not self.trainer.is_global_zero:
-            return
-        from focalbench.tracking import wandb_detection_images
-
-        names = getattr(self.trainer.datamodule, "class_names", None)
-        loggers[0].experiment.log({"val/predictions": wandb_detection_images(self._val_images, names),
-                                   "trainer/global_step": self.global_step})
 
     def _write_summary(self):
         self.summary.update(peak_memory_mb=max(self.summary.get("peak_memory_mb", 0.0), peak_memory_mb(self.device)),
