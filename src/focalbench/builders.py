@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.parts import TARGET, build_part, instantiate_part, section  # noqa: F401 (build_part: re-exported)
+from focalbench.parts import build_part, instantiate_part, section
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -53,8 +53,6 @@ def derive_schedule(cfg: DictConfig) -> dict:
 def paths_root(cfg: DictConfig) -> Path:
     """``paths.root`` as an absolute folder: relative to the directory the command started in (Hydra's
     original working directory, also under ``hydra.job.chdir=true``)."""
-    import os
-
     from hydra.core.hydra_config import HydraConfig
 
     root = Path(str(OmegaConf.select(cfg, "paths.root", default=".") or "."))
@@ -89,7 +87,7 @@ def build_model(cfg: DictConfig, num_classes: int, criterion=None):
     from focalbench.model import build_retinanet
 
     m = section(cfg, "model")
-    body = build_part(m["backbone"], "model.backbone") if m.get("backbone", {}).get(TARGET) else None
+    body = build_part(m["backbone"], "model.backbone")  # the packaged build_body when the section names none
     return build_retinanet(num_classes, criterion if criterion is not None else build_criterion(cfg),
                            anchors=section(cfg, "anchors"), body=body, **m)
 
@@ -138,7 +136,6 @@ def _pruning_callbacks(cfg: DictConfig) -> list:
     except ImportError:
         return []
     return [OptunaPruningCallback(cfg.optuna, monitor="val/AP")]
-
 
 
 def _checkpoint_callbacks(cfg: DictConfig, ckpt_dir: Path) -> list:

@@ -396,10 +396,7 @@ def _check_trainer(trainer: dict) -> None:
             raise ConfigError(f"trainer.callbacks={_show(callbacks)}: must be a list of {{_target_: ..., <arguments>}}"
                               f" (Lightning callbacks, added to focalbench's own)")
         for i, cb in enumerate(callbacks):
-            try:
-                parts.check_part(cb, f"trainer.callbacks[{i}]")
-            except parts.TargetError as e:
-                raise ConfigError(str(e)) from None
+            _check_target(cb, f"trainer.callbacks[{i}]")
 
 
 def _check_parts(c: dict) -> list[Part]:
@@ -419,13 +416,17 @@ def _check_parts(c: dict) -> list[Part]:
                 raise ConfigError(f"{part.key}._target_={target}: focalbench's own {part.key} is built by "
                                   f"{' or '.join(builtin)} (choose a built-in one by its name)")
             continue
-        try:
-            parts.check_part(section, part.key, drop=part.drop, runtime=part.runtime,
-                             inherited=parts.params_of(part.builtin))
-        except parts.TargetError as e:
-            raise ConfigError(str(e)) from None
+        _check_target(section, part.key, drop=part.drop, runtime=part.runtime, inherited=parts.params_of(part.builtin))
         external.append(part)
     return external
+
+
+def _check_target(section: dict, key: str, **kw) -> None:
+    """``parts.check_part`` with its error as the one-line ``ConfigError`` of every other config check."""
+    try:
+        parts.check_part(section, key, **kw)
+    except parts.TargetError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_loss(loss: dict) -> None:

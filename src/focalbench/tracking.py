@@ -106,8 +106,7 @@ def make_loggers(logger_cfg: Mapping[str, Any], run_dir: str | Path, config: dic
     one and the run's config as hyperparameters). ``config`` is the resolved config (a plain dict);
     ``identity`` the W&B name/group/job_type/tags (``run_identity``; default: ``run_name`` and the group and job
     type of ``tags``); ``run_id`` the W&B run id (default: a new one)."""
-    from focalbench.parts import build_part
-    from focalbench.parts import is_external
+    from focalbench.parts import build_part, is_external
 
     loggers: list[Logger] = [CSVLogger(str(run_dir), name="csv", version=0)]
     cfg = dict(logger_cfg)

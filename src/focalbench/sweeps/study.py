@@ -53,13 +53,11 @@ def _spec(value: Any, key: str, allowed: Iterable[str]) -> tuple[str, Dict[str, 
     if value is None:
         value = "none"
     if isinstance(value, Mapping) and value.get("_target_"):
-        from focalbench.parts import TargetError, check_part
+        from focalbench.parts import check_part
 
         spec = {k: v for k, v in dict(value).items() if k != "name"}
-        try:
-            check_part(spec, f"hydra.sweeper.{key}", runtime=("seed",) if key == "sampler" else ())
-        except TargetError as e:
-            raise ValueError(str(e)) from None
+        # a bad target raises parts.TargetError, a ValueError as the named specs' errors below
+        check_part(spec, f"hydra.sweeper.{key}", runtime=("seed",) if key == "sampler" else ())
         return CUSTOM, spec
     if isinstance(value, str):
         name, kwargs = value, {}
