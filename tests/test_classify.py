@@ -128,7 +128,7 @@ def test_compose_loss_group_is_the_shared_one():
     assert compose(["data=digits", "model=mlp"]).model.arch == "mlp"
 
 
-@pytest.mark.parametrize("over, key", [(["loss=ohem"], "loss=ohem"), (["model.prior_prob=2"], "model.prior_prob=2")])
+@pytest.mark.parametrize("over, key", [(["loss=ohem"], "loss.name=ohem"), (["model.prior_prob=2"], "model.prior_prob=2")])
 def test_bad_run_inputs_one_line_error(over, key):
     with pytest.raises(ValueError) as e:
         run(compose(["profile=smoke"] + over), None, write=False)

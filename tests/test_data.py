@@ -106,6 +106,44 @@ def test_shapes_spans_sizes_and_aspect_ratios():
     assert aspect.min() < 0.45 and aspect.max() > 2.2  # elongated objects both ways (Table 1c)
 
 
+def _aspects(stretch=None, n=150):
+    kw = {} if stretch is None else {"stretch": stretch}
+    return np.array([o["bbox"][2] / o["bbox"][3] for i in range(n)
+                     for o in digits.render(np.random.default_rng([0, 0, i]), 128, "train", 0, **kw)[1]])
+
+
+def test_digits_stretch_spreads_aspect_ratios_and_default_draws_nothing_more():
+    plain, spread = _aspects(), _aspects(2.5)
+    assert np.array_equal(plain, _aspects(1.0))  # the default option is the set built before it existed
+    q = np.quantile(plain, [0.1, 0.9])
+    assert 0.4 < q[0] and q[1] < 0.8  # tall boxes: a digit is narrower than its scan
+    qs = np.quantile(spread, [0.1, 0.5, 0.9])
+    assert qs[0] < 0.5 and 0.75 < qs[1] < 1.2 and qs[2] > 1.6  # both ways, centred near 1
+
+
+def test_generator_options_are_recorded_checked_and_compared(tmp_path):
+    from focalbench.data import CocoDataModule
+    from focalbench.data.build import build_args_of
+
+    root = tmp_path / "digits"
+    build_dataset("digits", root, progress=False, workers=1, stretch=2.5, **TINY)
+    assert json.loads((root / "build.json").read_text())["options"] == {"stretch": 2.5}
+    assert build_args_of(root)["stretch"] == 2.5
+    build_dataset("digits", tmp_path / "plain", progress=False, workers=1, **TINY)
+    assert "options" not in json.loads((tmp_path / "plain" / "build.json").read_text())  # as before options
+    assert build_args_of(tmp_path / "plain")["stretch"] == 1.0
+    with pytest.raises(DataError, match="unknown build argument 'stretch'.*seed, train, val, size$"):
+        build_dataset("shapes", tmp_path / "s", progress=False, stretch=2.0, **TINY)
+    with pytest.raises(DataError, match="stretch=0.5 must be a number >= 1"):
+        build_dataset("digits", tmp_path / "d", progress=False, stretch=0.5, **TINY)
+    dm = CocoDataModule(root=str(tmp_path / "plain"), build="digits", build_args={**TINY, "stretch": 2.5},
+                        image_size=64, max_size=64, size_divisible=64)
+    with pytest.raises(DataError) as e:  # a set built without the option is not the stretched one
+        dm.prepare_data()
+    msg = str(e.value)
+    assert "\n" not in msg and "'stretch': 1.0" in msg and "'stretch': 2.5" in msg and "_stretch2.5" in msg
+
+
 def test_cli_build_prints_ratio(tmp_path, capsys):
     rc = main(["build", "shapes", "--root", str(tmp_path), "--seed", "1", "--train", "6", "--val", "2",
                "--size", "64", "--workers", "1"])

@@ -373,4 +373,4 @@ def test_val_coco_scores_perfect_detections_as_ap_100(tiny_shapes):
 def test_bad_settings_fail_at_construction(tmp_path, kw, needle):
     with pytest.raises(ValueError) as e:
         dm_for(tmp_path, **kw)
-    one_line_error(e, needle, repr(next(iter(kw.values()))))
+    one_line_error(e, f"{needle}={next(iter(kw.values()))}: ")  # key=value: what is allowed

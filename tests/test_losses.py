@@ -252,5 +252,5 @@ def test_shared_terms_match_the_matcher_and_the_paper():
     a0, a1 = alpha_coefs(0.25)
     assert (a0 + a1 * 1, a0 + a1 * 0) == (0.25, 0.75) and alpha_coefs(-1) == (1.0, 0.0)
     assert 1 / (1 + math.exp(-prior_logit(0.01))) == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="prior_prob must be in"):
+    with pytest.raises(ValueError, match=r"prior_prob=1\.0: must be in \(0, 1\)"):
         prior_logit(1.0)

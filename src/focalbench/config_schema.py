@@ -10,18 +10,22 @@ line that names the key, the value as an override would write it, and what is al
     data.size_divisible=100: must be a multiple of 128 (the P7 stride), or a power of two >= data.max_size (128)
     profile=laptop: unknown profile; allowed: cpu, gpu, paper, smoke
 
+One source per rule: a value the code reads is checked by a rule declared once, next to that code
+(``focalbench.checks`` is the vocabulary), e.g. ``focalbench.losses.focal.GAMMA``,
+``focalbench.model.anchors.SCALES``. Its constructor applies the rule; this table names it with
+``owned("module:NAME")``, imported when a config is checked (so importing this module imports neither torch
+nor torchvision). The losses and their parameters are one table, ``focalbench.losses.criteria.LOSSES``. The
+rules written here are those no constructor owns: the trainer's, the checkpoints', the seed's, and the
+cross-section ones (``data.size_divisible`` against the model's P7 stride: ``model.anchors.padding_ok``).
+
 Decisions (the paper and the libraries leave them open):
 
-* ``loss.alpha``: [0, 1], or exactly -1 for "no alpha weighting". The tensor API
-  (``focalbench.losses.sigmoid_focal_loss``) keeps torchvision's convention that any alpha < 0 disables the
-  weighting, but in a config a value like -0.25 is much more likely a sign typo than a request, and one
-  sentinel keeps the config hash canonical (alpha=-1 and alpha=-0.5 would be two hashes of one run).
-* Image sizes: the padded input must be divisible by the largest stride, 128 (P7), so every level's feature
-  map is exactly H/stride and its anchors line up with it (Detectron's SIZE_DIVISIBILITY for RetinaNet). That
-  is ``data.size_divisible`` (the batch is padded to a multiple of it), not ``data.image_size`` (a resize
-  target: the paper's 600 px is padded to 640). One exception, for images smaller than one P7 cell (the smoke
-  profile's 64 px): a power of two >= ``data.max_size`` pads every image to one square that each stride
-  halves exactly down to a 1x1 map.
+* ``loss.alpha``: [0, 1], or exactly -1 for "no alpha weighting" (``focalbench.losses.criteria.ALPHA`` says
+  why; the tensor functions accept any alpha < 0, as torchvision's do).
+* Image sizes: the padded input must be divisible by the largest stride, 128 (P7): that is
+  ``data.size_divisible`` (the batch is padded to a multiple of it), not ``data.image_size`` (a resize
+  target: the paper's 600 px is padded to 640); ``focalbench.model.anchors.padding_ok`` has the rule and
+  its one exception (images smaller than one P7 cell).
 * Missing mandatory values (``???``, e.g. ``data.root`` of ``data=coco``) are allowed while composing and
   rejected by ``validate_config(cfg, complete=True)``, which ``train.run`` calls.
 * Unknown group options (``profile=laptop``, ``loss=focl``) fail inside Hydra's composition with a long
@@ -34,15 +38,12 @@ Decisions (the paper and the libraries leave them open):
 * ``data=coco`` needs ``data.root`` from the command line: a profile made for a built-in set
   (``profile=smoke``: ``data/shapes_smoke``) would otherwise hand its own folder to COCO (``check_data_root``).
 
-``LOSS_PARAMS`` is the one list of each loss's parameters (``losses.criteria`` builds from it). The other
-allowed sets repeat the code's own constants (``model.backbone.BODIES``...)
-so that checking a config imports neither torchvision nor Lightning; tests/test_config_validation.py asserts
-that both stay equal.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import errno
 import math
 import os
@@ -54,37 +55,18 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from focalbench import parts
+from focalbench.checks import BOOL, int_at_least, num_above, num_at_least, num_in, one_of, or_null, owned
+from focalbench.checks import is_int as _is_int, is_num as _is_num, show as _show
 
 __all__ = ["ConfigError", "validate_config", "check_group_choices", "group_options", "check_command_line",
-           "exit_config_error", "LOSS_PARAMS", "LOSS_RULES", "Rule", "config_entries", "check_added_keys",
+           "exit_config_error", "Rule", "config_entries", "check_added_keys",
            "check_data_root", "composition_error_line", "check_output_dir", "os_error_line", "PARTS", "PART",
            "SCHEDULE_KEYS", "TRAINER_KEYS", "trainer_arguments"]
 
-P7_STRIDE = 128
-# loss name -> its parameters (conf/loss/<name>.yaml, focalbench.losses.build_classification_loss)
-LOSS_PARAMS = {
-    "ce": (),
-    "alpha_ce": ("alpha",),
-    "focal": ("gamma", "alpha"),
-    "focal_star": ("gamma", "beta", "alpha"),
-    "softmax_focal": ("gamma", "alpha"),
-    "ohem": ("batch_size", "nms_iou", "per_image", "alpha", "nms_boxes"),
-    "ohem_1to3": ("batch_size", "nms_iou", "per_image", "neg_pos_ratio", "alpha", "nms_boxes"),
-}
-ANCHOR_RATIOS = (1, 3, 5)                                              # model.anchors.ASPECT_RATIOS
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")  # model.backbone.BODIES
-NORMS = ("bn", "frozen_bn", "gn", "none")                               # model.backbone.NORMS
-OPTIMIZERS = ("sgd", "adamw")                                           # model.lit.OPTIMIZERS
-SCHEDULES = ("cosine", "step", "constant")                              # model.lit.SCHEDULES
-LOGGERS = ("csv", "wandb", "tensorboard")                               # tracking.LOGGERS
-EVAL_BACKENDS = ("faster", "pycocotools")                               # evaluation.coco.BACKENDS
-DATASETS = ("shapes", "digits")                                         # data.build.GENERATORS
-BAD_BOXES = ("skip", "error")                                           # data.coco.BAD_BOXES
-VERIFY = ("auto", "all", "lazy")                                        # data.coco.VERIFY
 # Keys the training code reads that no config file sets (so only ``+key=`` gives them): CocoDataModule's
 # keyword arguments beyond conf/data/, and build_dataset's seed of a built-in set.
 EXTRA_KEYS = ("data.verify_images", "data.box_tolerance", "data.cache_limit_mb", "data.drop_last",
-              "data.build_args.seed")
+              "data.build_args.seed", "data.build_args.stretch")
 
 from focalbench.parts import PART, PARTS, SCHEDULE_KEYS, Part  # noqa: E402,F401 - the table of parts (parts.py)
 # trainer.* keys focalbench maps onto lightning.Trainer itself (conf/trainer/default.yaml); any other trainer.* key
@@ -145,65 +127,7 @@ def _allowed(rule: Rule, c: dict) -> str:
     return rule.allowed(c) if callable(rule.allowed) else rule.allowed
 
 
-def _show(v: Any) -> str:
-    """A value as a Hydra override would write it: ``null``, ``true``, ``[1,2]``, ``focl``, ``'a b'``."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple, ListConfig)):
-        return "[" + ",".join(_show(x) for x in v) + "]"
-    if isinstance(v, str):
-        plain = v and all(ch.isalnum() or ch in "_-./:" for ch in v)
-        return v if plain else repr(v)
-    return str(v)
-
-
 # --------------------------------------------------------------------------------------------- value checks
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= lo), f"must be an integer >= {lo}"
-
-
-def num_at_least(lo: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_num(v) and v >= lo), f"must be a number >= {lo:g}"
-
-
-def num_above(lo: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_num(v) and v > lo), f"must be a number > {lo:g}"
-
-
-def num_in(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False):
-    def ok(v):
-        return _is_num(v) and (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)
-    return ok, f"must be in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
-
-
-def one_of(allowed: Sequence, what: str = "") -> tuple[Callable[[Any], bool], str]:
-    text = ", ".join(_show(a) for a in allowed)
-    return (lambda v: isinstance(v, (str, int)) and not isinstance(v, bool) and v in allowed), (
-        f"unknown {what}; allowed: {text}" if what else f"must be one of {text}")
-
-
-def or_null(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
-    check, text = rule
-    return (lambda v: v is None or check(v)), f"{text}, or null"
-
-
-BOOL = ((lambda v: isinstance(v, bool)), "must be true or false")
-
-
-def _alpha(v: Any) -> bool:
-    return _is_num(v) and (0.0 <= v <= 1.0 or v == -1)
-
-
 def _steps(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and all(_is_int(s) and s >= 1 for s in v) and list(v) == sorted(v)
 
@@ -214,24 +138,6 @@ def _devices(v: Any) -> bool:
     if isinstance(v, (list, tuple)):
         return len(v) > 0 and all(_is_int(d) and d >= 0 for d in v)
     return _is_int(v) and (v >= 1 or v == -1)
-
-
-def _max_size(v: Any, cfg: dict) -> bool:
-    image_size = _get(cfg, "data.image_size")
-    return _is_int(v) and _is_int(image_size) and v >= image_size
-
-
-def _fg_iou(v: Any, cfg: dict) -> bool:
-    bg_iou = _get(cfg, "model.bg_iou")
-    return _is_num(v) and 0 < v <= 1 and _is_num(bg_iou) and v >= bg_iou
-
-
-def _size_divisible(v: Any, cfg: dict) -> bool:
-    if not _is_int(v) or v < 1:
-        return False
-    max_size = _get(cfg, "data.max_size")
-    small_square = v & (v - 1) == 0 and _is_int(max_size) and v >= max_size
-    return v % P7_STRIDE == 0 or small_square
 
 
 # ------------------------------------------------------------------------------------------------- the rules
@@ -248,65 +154,72 @@ def _rule(key: str, rule: tuple[Callable, str], optional: bool = False) -> Rule:
     return Rule(key, rule[0], rule[1], optional=optional)
 
 
+def _owned(key: str, source: str, optional: bool = False) -> Rule:
+    """The rule of ``key`` declared by the code that reads it (``module:NAME``, see ``focalbench.checks``)."""
+    check, allowed = owned(source)
+    return Rule(key, check, allowed, optional=optional)
+
+
+def _owned_pair(key: str, other: str, source: str, text: str) -> Rule:
+    """A rule relating ``key`` to ``other``: ``module:function(value, other's value) -> bool`` and the text
+    ``module:TEXT`` (a format string of ``other``), both owned by the code, imported on first use."""
+    def load(ref: str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    return Rule(key, lambda v, c: load(source)(v, _get(c, other)),
+                lambda c: load(text).format(other=_show(_get(c, other))), needs_cfg=True)
+
+
+_D, _M, _L = "focalbench.data.datamodule", "focalbench.model", "focalbench.losses"
 RULES: tuple[Rule, ...] = (
     _rule("seed", int_at_least(0)),
-    # data (focalbench.data.CocoDataModule)
-    _rule("data.image_size", int_at_least(1)),
-    Rule("data.max_size", _max_size,
-         lambda c: f"must be an integer >= data.image_size ({_show(_get(c, 'data.image_size'))})", needs_cfg=True),
-    Rule("data.size_divisible", _size_divisible,
-         lambda c: f"must be a multiple of {P7_STRIDE} (the P7 stride), or a power of two >= data.max_size "
-                   f"({_show(_get(c, 'data.max_size'))})", needs_cfg=True),
-    _rule("data.batch_size", int_at_least(1)),
-    _rule("data.val_batch_size", or_null(int_at_least(1)), optional=True),
-    _rule("data.num_workers", int_at_least(0), optional=True),
-    _rule("data.flip_prob", num_in(0, 1), optional=True),
+    # data (focalbench.data.CocoDataModule, focalbench.data.build_dataset)
+    _owned("data.image_size", f"{_D}:POSITIVE"),
+    _owned_pair("data.max_size", "data.image_size", f"{_D}:max_size_ok", f"{_D}:MAX_SIZE_TEXT"),
+    _owned_pair("data.size_divisible", "data.max_size", f"{_M}.anchors:padding_ok", f"{_M}.anchors:PADDING_TEXT"),
+    _owned("data.batch_size", f"{_D}:POSITIVE"),
+    _owned("data.val_batch_size", f"{_D}:VAL_BATCH_SIZE", optional=True),
+    _owned("data.num_workers", f"{_D}:NUM_WORKERS", optional=True),
+    _owned("data.flip_prob", f"{_D}:FLIP_PROB", optional=True),
     _rule("data.keep_empty", BOOL, optional=True),
     _rule("data.cache_images", BOOL, optional=True),
-    _rule("data.bad_boxes", one_of(BAD_BOXES), optional=True),
-    _rule("data.verify_images", one_of(VERIFY), optional=True),
-    _rule("data.build", or_null(one_of(DATASETS, "built-in dataset")), optional=True),
-    _rule("data.build_args.train", int_at_least(1), optional=True),   # focalbench.data.build_dataset
-    _rule("data.build_args.val", int_at_least(1), optional=True),
-    _rule("data.build_args.size", int_at_least(32), optional=True),
-    _rule("data.build_args.seed", int_at_least(0), optional=True),
+    _owned("data.bad_boxes", "focalbench.data.coco:BAD_BOXES_RULE", optional=True),
+    _owned("data.verify_images", "focalbench.data.coco:VERIFY_RULE", optional=True),
+    _owned("data.build", f"{_D}:BUILD", optional=True),
+    _owned("data.build_args.train", "focalbench.data.build:SPLIT_SIZE", optional=True),
+    _owned("data.build_args.val", "focalbench.data.build:SPLIT_SIZE", optional=True),
+    _owned("data.build_args.size", "focalbench.data.build:IMAGE_SIDE", optional=True),
+    _owned("data.build_args.seed", "focalbench.data.build:SEED", optional=True),
+    _owned("data.build_args.stretch", "focalbench.data.build:OPTION", optional=True),  # digits only
     # model (focalbench.model.build_retinanet)
-    _rule("model.backbone.name", one_of(BACKBONES, "backbone")),
-    _rule("model.backbone.norm", one_of(NORMS, "norm"), optional=True),
-    _rule("model.backbone.freeze_at", int_at_least(0), optional=True),
+    _owned("model.backbone.name", f"{_M}.backbone:BODY"),
+    _owned("model.backbone.norm", f"{_M}.backbone:NORM", optional=True),
+    _owned("model.backbone.freeze_at", f"{_M}.backbone:FREEZE_AT", optional=True),
     _rule("model.fpn_channels", int_at_least(1)),
     _rule("model.head.num_convs", int_at_least(0), optional=True),
     _rule("model.head.width", or_null(int_at_least(1)), optional=True),
-    _rule("model.head.norm", one_of(NORMS, "norm"), optional=True),
-    _rule("model.prior_prob", or_null(num_in(0, 1, open_lo=True, open_hi=True))),
+    _owned("model.head.norm", f"{_M}.backbone:NORM", optional=True),
+    _owned("model.prior_prob", f"{_L}.terms:PRIOR_PROB"),
     _rule("model.bg_iou", num_in(0, 1)),
-    Rule("model.fg_iou", _fg_iou,
-         lambda c: f"must be in (0, 1] and >= model.bg_iou ({_show(_get(c, 'model.bg_iou'))})", needs_cfg=True),
-    _rule("model.smooth_l1_beta", num_at_least(0), optional=True),
+    _owned_pair("model.fg_iou", "model.bg_iou", f"{_M}.matcher:fg_iou_ok", f"{_M}.matcher:FG_IOU_TEXT"),
+    _owned("model.smooth_l1_beta", f"{_M}.retinanet:SMOOTH_L1_BETA", optional=True),
     _rule("model.score_thresh", num_in(0, 1), optional=True),
     _rule("model.nms_thresh", num_in(0, 1), optional=True),
     _rule("model.topk_candidates", int_at_least(1), optional=True),
     _rule("model.detections_per_img", int_at_least(1), optional=True),
     # anchors (focalbench.model.anchors)
-    _rule("anchors.scales", int_at_least(1)),
-    _rule("anchors.ratios", one_of(ANCHOR_RATIOS)),
-    _rule("anchors.size_multiplier", num_above(0)),
-    # loss: name first; its parameters are checked against LOSS_PARAMS in _check_loss
-    _rule("loss.name", one_of(tuple(LOSS_PARAMS), "loss")),
-    _rule("loss.gamma", num_at_least(0), optional=True),
-    _rule("loss.alpha", (_alpha, "must be in [0, 1], or -1 to disable the alpha weighting"), optional=True),
-    _rule("loss.beta", ((lambda v: _is_num(v)), "must be a finite number"), optional=True),
-    _rule("loss.batch_size", int_at_least(1), optional=True),
-    _rule("loss.nms_iou", num_in(0, 1, open_lo=True), optional=True),
-    _rule("loss.per_image", BOOL, optional=True),
-    _rule("loss.nms_boxes", one_of(("anchors", "predicted"), "OHEM box set"), optional=True),
-    _rule("loss.neg_pos_ratio", num_at_least(0), optional=True),
-    # optim (focalbench.model.lit)
-    _rule("optim.name", one_of(OPTIMIZERS, "optimizer")),
+    _owned("anchors.scales", f"{_M}.anchors:SCALES"),
+    _owned("anchors.ratios", f"{_M}.anchors:RATIOS"),
+    _owned("anchors.size_multiplier", f"{_M}.anchors:SIZE_MULTIPLIER"),
+    # loss: its name here; its parameters by the table of losses (focalbench.losses.criteria.LOSSES)
+    _owned("loss.name", f"{_L}.criteria:LOSS_NAME"),
+    # optim (focalbench.model.lit, focalbench.model.ema)
+    _owned("optim.name", f"{_M}.lit:OPTIMIZER"),
     _rule("optim.lr", num_above(0)),
     _rule("optim.weight_decay", num_at_least(0), optional=True),
     _rule("optim.momentum", num_in(0, 1), optional=True),
-    _rule("optim.schedule", one_of(SCHEDULES, "schedule"), optional=True),
+    _owned("optim.schedule", f"{_M}.lit:SCHEDULE", optional=True),
     _rule("optim.steps", (_steps, "must be an ascending list of integers >= 1"), optional=True),
     _rule("optim.gamma", num_in(0, 1, open_lo=True), optional=True),   # lr factor at each of optim.steps
     _rule("optim.min_factor", num_in(0, 1), optional=True),
@@ -314,15 +227,14 @@ RULES: tuple[Rule, ...] = (
     _rule("optim.warmup_factor", num_in(0, 1, open_lo=True), optional=True),
     _rule("optim.scale_with_batch", BOOL, optional=True),
     _rule("optim.base_batch", int_at_least(1), optional=True),
-    _rule("optim.ema_decay", ((lambda v: v is None or (_is_num(v) and 0 < v < 1)), "must be null (off) or in (0, 1)"),
-          optional=True),
+    _owned("optim.ema_decay", f"{_M}.ema:DECAY", optional=True),
     # trainer (Lightning)
     _rule("trainer.max_steps", int_at_least(1)),
     _rule("trainer.devices", (_devices, "must be auto, -1, an integer >= 1 or a list of device indices")),
     _rule("trainer.num_nodes", int_at_least(1)),
     _rule("trainer.val_every_n_epochs", or_null(int_at_least(0)), optional=True),
     _rule("trainer.num_threads", or_null(int_at_least(1)), optional=True),
-    _rule("logger.name", one_of(LOGGERS, "logger")),
+    _owned("logger.name", "focalbench.tracking:LOGGER"),
     Rule("logger.name", lambda v: v != "tensorboard" or _tensorboard_installed(),
          "needs the tensorboard package: pip install tensorboard (or tensorboardX)"),
     # checkpoints and resuming (focalbench.train; not hashed)
@@ -334,18 +246,15 @@ RULES: tuple[Rule, ...] = (
     _rule("ckpt_path", ((lambda v: v is None or isinstance(v, str) and v != ""),
                         "must be null (resume from the run directory's last.ckpt if any), last, or a .ckpt path"),
           optional=True),
-    _rule("eval_backend", one_of(EVAL_BACKENDS, "evaluation backend"), optional=True),
+    _owned("eval_backend", "focalbench.evaluation.coco:BACKEND", optional=True),
 )
-
-
-# --------------------------------------------------------------------------------------------- entry points
-LOSS_RULES: tuple[Rule, ...] = tuple(r for r in RULES if r.key.startswith("loss."))  # shared by other apps
 
 
 def validate_config(cfg: DictConfig | dict, complete: bool = False,
                     rules: Sequence[Rule] = RULES) -> DictConfig | dict:
     """Check a composed config against ``rules`` (default: the training app's ``RULES``); return it unchanged
-    or raise ``ConfigError``. A ``loss`` group, when present, is also checked against ``LOSS_PARAMS``.
+    or raise ``ConfigError``. A ``loss`` group, when present, is also checked against its row of
+    ``focalbench.losses.criteria.LOSSES``.
 
     ``complete``: also reject mandatory values still missing (``???``): a run needs them, composing does not.
     """
@@ -430,14 +339,13 @@ def _check_target(section: dict, key: str, **kw) -> None:
 
 
 def _check_loss(loss: dict) -> None:
-    name = loss["name"]
-    allowed = LOSS_PARAMS[name]
-    for key in loss:
-        if key not in ("name", "_target_") and key not in allowed:
-            raise ConfigError(f"loss.{key}={_show(loss[key])}: not a parameter of loss {name}; its parameters: "
-                              f"{', '.join(allowed) or 'none'}")
-    if name == "focal_star" and loss.get("gamma") == 0:
-        raise ConfigError("loss.gamma=0: must be > 0 for focal_star (FL* divides by gamma)")
+    """The loss's parameters against its row of ``focalbench.losses.criteria.LOSSES`` (names and rules)."""
+    from focalbench.losses.criteria import check_loss_params
+
+    try:
+        check_loss_params(loss["name"], {k: v for k, v in loss.items() if k not in ("name", "_target_")})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def searchpath_dirs(overrides: Sequence[str]) -> list[str]:

@@ -20,7 +20,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from focalbench.checks import one_of, require
+
 LOGGERS = ("csv", "wandb", "tensorboard")
+LOGGER = one_of(LOGGERS, "logger")       # logger.name (the config check reads this rule)
 # Overrides that say where and how a run is recorded (or where its data lies), not what it computes: left out
 # of its W&B name. ``profile=...`` is a W&B tag instead (every run of a sweep or table shares it).
 UNNAMED_OVERRIDES = ("hydra.", "tags.", "logger", "optuna.", "save_weights", "checkpoint", "ckpt_path",
@@ -36,8 +39,7 @@ class LoggerUnavailable(RuntimeError):
 def check_logger(logger_cfg: Mapping[str, Any]) -> None:
     """Fail in one line, before any data or model is built, when the chosen logger cannot be made here."""
     name = logger_cfg.get("name", "csv")
-    if name not in LOGGERS:
-        raise ValueError(f"logger.name must be one of {LOGGERS}, got {name!r}")
+    require(LOGGER, name, "logger.name")
     if name == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         raise LoggerUnavailable("logger=tensorboard needs the tensorboard package: pip install tensorboard "
                                 "(or tensorboardX), or use logger=csv / logger=wandb")

@@ -24,9 +24,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from focalbench.config_schema import (DATASETS, EXTRA_KEYS, trainer_arguments, ConfigError, check_added_keys, check_command_line,
+from focalbench.config_schema import (EXTRA_KEYS, trainer_arguments, ConfigError, check_added_keys, check_command_line,
                                       check_data_root, check_group_choices, composition_error_line, group_options, searchpath_dirs,
                                       config_entries, exit_config_error, os_error_line, validate_config)
+from focalbench.data.build import GENERATORS
 from focalbench.data.errors import DataError
 from focalbench.evaluation import STAT_NAMES
 from focalbench.checkpoints import (CheckpointError, checkpoint_dir, continue_csv_log,  # noqa: F401
@@ -98,7 +99,7 @@ def builtin_roots() -> list[str]:
     values = config_entries(CONF_DIR / "train.yaml", groups).get("data.root", [])
     # a profile's root names the built-in set it holds (data/${data.build}_smoke): every set it can resolve to
     return [v.replace("${data.build}", name) for v in values if isinstance(v, str) and v != "???"
-            for name in (*DATASETS, "None")]
+            for name in (*GENERATORS, "None")]
 
 
 def run_config_for_hash(cfg: DictConfig) -> dict:

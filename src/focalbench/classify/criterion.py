@@ -17,8 +17,14 @@ from typing import Any
 import torch
 
 
-DETECTION_ONLY = ("ohem", "ohem_1to3")
-CLASSIFICATION_LOSSES = ("ce", "alpha_ce", "focal", "focal_star", "softmax_focal")
+from focalbench.losses.criteria import LOSSES
+
+DETECTION_ONLY = ("ohem", "ohem_1to3")          # they select anchors by box NMS
+CLASSIFICATION_LOSSES = tuple(name for name in LOSSES if name not in DETECTION_ONLY)
+# the rule of loss.name in this app (the config check, classify.schema, reads it from here)
+LOSS_NAME = ((lambda v: v in CLASSIFICATION_LOSSES),
+             "not a loss of the classification app (the OHEM variants select anchors by box NMS: detection "
+             f"only); allowed: {', '.join(CLASSIFICATION_LOSSES)}")
 
 
 def build_criterion(name: str | None = None, **params: Any):

@@ -1,4 +1,4 @@
-"""``python -m focalbench.data build NAME [--root data] [--seed S] [--train N] [--val M] [--size PX]``."""
+"""``python -m focalbench.data build NAME [--root data] [--seed S] [--train N] [--val M] [--size PX] [--stretch S]``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--train", type=int, default=None, help="training images (default 2000)")
     b.add_argument("--val", type=int, default=None, help="validation images (default 300)")
     b.add_argument("--size", type=int, default=None, help="image side in px (default 128)")
+    b.add_argument("--stretch", type=float, default=None,
+                   help="digits only: spread of the boxes' aspect ratios, >= 1 (default 1: the digits' own)")
     b.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     args = parser.parse_args(argv)
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_dir(args.root, "--root")  # an unwritable folder: one line, before any image is drawn
         stats = build_dataset(args.name, out, seed=args.seed, train=args.train, val=args.val, size=args.size,
-                              workers=args.workers)
+                              workers=args.workers,
+                              **({} if args.stretch is None else {"stretch": args.stretch}))
     except (DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,12 +21,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from focalbench.checks import int_at_least, num_at_least
 from focalbench.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
 GENERATORS = {"shapes": "focalbench.data.shapes", "digits": "focalbench.data.digits"}
 SPLITS = ("train", "val")
+# the rules of data.build_args.* (the config check reads these objects)
+SPLIT_SIZE = int_at_least(1)          # train, val: images per split
+IMAGE_SIDE = int_at_least(32)         # size: px
+SEED = int_at_least(0)
+OPTION = num_at_least(1)              # a generator's own option (digits' stretch)
 FORMAT_VERSION = 1
 
 
@@ -37,15 +43,33 @@ def _generator(name: str):
 
 
 def build_defaults(name: str) -> dict:
-    """Default build arguments of a built-in dataset: seed, train, val, size."""
-    return {"seed": 0, **_generator(name).DEFAULTS}
+    """Default build arguments of a built-in dataset: seed, train, val, size and its generator's options."""
+    return {"seed": 0, **_generator(name).DEFAULTS, **generator_options(name)}
+
+
+def generator_options(name: str) -> dict:
+    """A generator's own options (e.g. digits' ``stretch``) with their defaults; {} for none."""
+    return dict(getattr(_generator(name), "OPTIONS", {}))
+
+
+def _check_options(name: str, options: dict) -> dict:
+    """``options`` over the generator's defaults; an unknown name or a non-number is one DataError."""
+    known = generator_options(name)
+    for key, value in options.items():
+        if key not in known:
+            raise DataError(f"build {name}: unknown build argument {key!r}; its arguments: seed, train, val, "
+                            f"size{''.join(', ' + k for k in known)}")
+        value = float(value) if isinstance(value, (np.integer, np.floating)) else value
+        if not OPTION[0](value):
+            raise DataError(f"build {name}: {key}={value!r} {OPTION[1]}")
+    return {**known, **{k: float(v) for k, v in options.items()}}
 
 
 def _render_one(task: tuple) -> list[dict]:
     """Render and write one image (runs in a worker process); returns its objects."""
-    name, seed, split, index, size, image_dir = task
+    name, seed, split, index, size, image_dir, options = task
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    image, objects = _generator(name).render(rng, size, split, seed)
+    image, objects = _generator(name).render(rng, size, split, seed, **options)
     # PNG through PIL with fixed settings: the bytes depend only on the pixels.
     Image.fromarray(image).save(os.path.join(image_dir, f"{split}_{index:06d}.png"), format="PNG",
                                 compress_level=1)
@@ -106,10 +130,11 @@ def split_stats(objects_per_image: list[list[dict]], size: int, num_categories: 
 
 def build_dataset(name: str, root: str | os.PathLike, seed: int = 0, train: int | None = None,
                   val: int | None = None, size: int | None = None, workers: int | None = None,
-                  progress: bool = True, overwrite: bool = True) -> dict:
+                  progress: bool = True, overwrite: bool = True, **options) -> dict:
     """Generate built-in dataset ``name`` into the folder ``root`` (e.g. ``data/shapes``); return its stats.
 
-    ``train``/``val``/``size`` default to the generator's ``DEFAULTS`` (2000/300/128 px). ``workers``
+    ``train``/``val``/``size`` default to the generator's ``DEFAULTS`` (2000/300/128 px); ``options`` are
+    the generator's own (``OPTIONS``, e.g. digits' ``stretch``), recorded in build.json when not default. ``workers``
     processes render in parallel (default: up to 2). With ``overwrite=False`` an existing complete
     dataset at ``root`` is kept (for concurrent "build if missing" callers) and its stats returned.
     """
@@ -118,12 +143,13 @@ def build_dataset(name: str, root: str | os.PathLike, seed: int = 0, train: int 
     for key, value in (("train", train), ("val", val), ("size", size)):
         if value is not None:
             args[key] = value
-    for key, low in (("train", 1), ("val", 1), ("size", 32)):
-        if not isinstance(args[key], (int, np.integer)) or isinstance(args[key], bool) or args[key] < low:
-            raise DataError(f"build {name}: {key}={args[key]!r} must be an integer >= {low}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise DataError(f"build {name}: seed={seed!r} must be a non-negative integer")
+    for key, value, rule in (("train", args["train"], SPLIT_SIZE), ("val", args["val"], SPLIT_SIZE),
+                             ("size", args["size"], IMAGE_SIDE), ("seed", seed, SEED)):
+        value = int(value) if isinstance(value, np.integer) else value
+        if not rule[0](value):
+            raise DataError(f"build {name}: {key}={value!r} {rule[1]}")
     seed, size = int(seed), int(args["size"])
+    options = _check_options(name, options)
     root = Path(root)
     if root.exists() and not (root / "build.json").is_file():
         raise DataError(f"{root}: exists and is not a focalbench build (no build.json); "
@@ -132,18 +158,19 @@ def build_dataset(name: str, root: str | os.PathLike, seed: int = 0, train: int 
     tmp = root.parent / f".{root.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        return _build_into(tmp, root, name, gen, args, seed, size, workers, progress, overwrite)
+        return _build_into(tmp, root, name, gen, args, seed, size, workers, progress, overwrite, options)
     except BaseException:  # a full disk, Ctrl-C...: no half-written set is left next to root
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def _build_into(tmp: Path, root: Path, name: str, gen, args: dict, seed: int, size: int, workers: int | None,
-                progress: bool, overwrite: bool) -> dict:
+                progress: bool, overwrite: bool, options: dict) -> dict:
     (tmp / "images").mkdir(parents=True)
     (tmp / "annotations").mkdir()
 
-    tasks = [(name, seed, split, i, size, str(tmp / "images")) for split in SPLITS for i in range(args[split])]
+    tasks = [(name, seed, split, i, size, str(tmp / "images"), options)
+             for split in SPLITS for i in range(args[split])]
     if workers is None:  # default: up to 2 processes, one for small builds (pool start-up dominates)
         workers = min(2, os.cpu_count() or 1, len(tasks) // 64 or 1)
     workers = max(1, int(workers))
@@ -170,6 +197,9 @@ def _build_into(tmp: Path, root: Path, name: str, gen, args: dict, seed: int, si
 
     stats = {"name": name, "seed": seed, "train": args["train"], "val": args["val"], "size": size,
              "format_version": FORMAT_VERSION, "splits": {}}
+    changed = {k: v for k, v in options.items() if v != generator_options(name)[k]}
+    if changed:  # a default build's build.json stays what it was before generators had options
+        stats["options"] = changed
     start = 0
     for split in SPLITS:
         objects = results[start:start + args[split]]
@@ -201,16 +231,18 @@ def is_built(root: str | os.PathLike) -> bool:
 
 
 def build_args_of(root: str | os.PathLike) -> dict:
-    """The arguments an existing build was made with (name, seed, train, val, size)."""
+    """The arguments an existing build was made with (name, seed, train, val, size, the generator's options)."""
     stats = json.loads((Path(root) / "build.json").read_text())
-    return {k: stats[k] for k in ("name", "seed", "train", "val", "size")}
+    options = {**generator_options(stats["name"]), **stats.get("options", {})}
+    return {**{k: stats[k] for k in ("name", "seed", "train", "val", "size")}, **options}
 
 
 def summary(stats: dict) -> list[str]:
     """Human-readable lines: per split, objects and the fg:bg anchor ratio at the cpu profile's anchors."""
     from focalbench.data.stats import describe
 
-    lines = [f"{stats['name']} (seed {stats['seed']}, {stats['size']} px): "
+    options = "".join(f", {k}={v:g}" for k, v in stats.get("options", {}).items())
+    lines = [f"{stats['name']} (seed {stats['seed']}, {stats['size']} px{options}): "
              f"{stats['train']} train / {stats['val']} val images"]
     from focalbench.data.stats import CPU_ANCHORS as a
 

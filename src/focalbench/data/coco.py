@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from focalbench.checks import one_of, require
 from focalbench.data.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_BOXES = ("skip", "error")
 VERIFY = ("auto", "all", "lazy")
+BAD_BOXES_RULE = one_of(BAD_BOXES)      # data.bad_boxes (the config check reads these rules)
+VERIFY_RULE = one_of(VERIFY)            # data.verify_images
 VERIFY_ALL_UP_TO = 5000  # "auto": PIL verify() every image of sets up to this size, else check on load
 
 
@@ -197,8 +200,7 @@ def check_files_exist(path: Path, records: list[ImageRecord]) -> None:
 def verify_images(path: Path, records: list[ImageRecord], verify: str = "auto") -> str:
     """``"all"``: PIL checks every file's header, size and data (``verify()``) now; ``"lazy"``: each image
     is checked when first decoded; ``"auto"``: "all" up to ``VERIFY_ALL_UP_TO`` images. Returns the mode used."""
-    if verify not in VERIFY:
-        raise ValueError(f"data.verify_images must be one of {list(VERIFY)}, got {verify!r}")
+    require(VERIFY_RULE, verify, "data.verify_images")
     if verify == "auto":
         verify = "all" if len(records) <= VERIFY_ALL_UP_TO else "lazy"
     if verify == "all":

@@ -16,11 +16,27 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from focalbench.data.coco import BAD_BOXES, VERIFY, CocoDetection, Collate, load_split, verify_images
+from focalbench.checks import int_at_least, is_int, num_in, one_of, or_null, require, show
+from focalbench.data.build import GENERATORS
+from focalbench.data.coco import BAD_BOXES_RULE, VERIFY_RULE, CocoDetection, Collate, load_split, verify_images
 from focalbench.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
+
+# the rules of data.* (focalbench.checks; the config check reads these objects)
+POSITIVE = int_at_least(1)                              # image_size, batch_size, size_divisible (>= 1 here;
+                                                        # the detector asks more of it: model.anchors.PADDING)
+VAL_BATCH_SIZE = or_null(POSITIVE)
+NUM_WORKERS = int_at_least(0)
+FLIP_PROB = num_in(0, 1)
+BUILD = or_null(one_of(tuple(GENERATORS), "built-in dataset"))
+MAX_SIZE_TEXT = "must be an integer >= data.image_size ({other})"
+
+
+def max_size_ok(max_size, image_size) -> bool:
+    """data.max_size: an integer >= data.image_size (the resize's longer-side cap)."""
+    return is_int(max_size) and is_int(image_size) and max_size >= image_size
 
 class CocoDataModule(L.LightningDataModule):
     """COCO-format detection data with the paper's pipeline (resize to scale, horizontal flip).
@@ -51,23 +67,14 @@ class CocoDataModule(L.LightningDataModule):
                  build: str | None = None, build_args: dict | None = None, verify_images: str = "auto",
                  box_tolerance: float = 1.0, cache_limit_mb: float = 4096, drop_last: bool = True):
         super().__init__()
-        if bad_boxes not in BAD_BOXES:
-            raise ValueError(f"data.bad_boxes must be one of {list(BAD_BOXES)}, got {bad_boxes!r}")
-        if verify_images not in VERIFY:
-            raise ValueError(f"data.verify_images must be one of {list(VERIFY)}, got {verify_images!r}")
-        for key, value in (("image_size", image_size), ("max_size", max_size), ("size_divisible", size_divisible),
-                           ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"data.{key} must be a positive integer, got {value!r}")
-        if max_size < image_size:
-            raise ValueError(f"data.max_size must be >= data.image_size ({image_size}), got {max_size!r}")
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"data.flip_prob must be in [0, 1], got {flip_prob!r}")
-        if build is not None:
-            from focalbench.data.build import GENERATORS
-
-            if build not in GENERATORS:
-                raise ValueError(f"data.build must be one of {sorted(GENERATORS)} or null, got {build!r}")
+        require(BAD_BOXES_RULE, bad_boxes, "data.bad_boxes")
+        require(VERIFY_RULE, verify_images, "data.verify_images")
+        for key, value in (("image_size", image_size), ("size_divisible", size_divisible), ("batch_size", batch_size)):
+            require(POSITIVE, value, f"data.{key}")
+        if not max_size_ok(max_size, image_size):
+            raise ValueError(f"data.max_size={show(max_size)}: {MAX_SIZE_TEXT.format(other=show(image_size))}")
+        require(FLIP_PROB, flip_prob, "data.flip_prob")
+        require(BUILD, build, "data.build")
         self.root = str(root)
         self.train_ann, self.val_ann = train_ann, val_ann
         self.train_images, self.val_images = train_images, val_images
@@ -100,7 +107,7 @@ class CocoDataModule(L.LightningDataModule):
 
         root = Path(self.root)
         wanted = {"name": self.build, **b.build_defaults(self.build), **self.build_args}
-        wanted = {k: wanted[k] for k in ("name", "seed", "train", "val", "size")}
+        wanted = {k: wanted[k] for k in ("name", "seed", "train", "val", "size", *b.generator_options(self.build))}
         if b.is_built(root):
             have = b.build_args_of(root)
             diff = {k: (have.get(k), v) for k, v in wanted.items() if have.get(k) != v}
@@ -251,5 +258,9 @@ def _fmt(counts: dict) -> str:
 
 def _folder_for(args: dict) -> str:
     """A folder name that says which built set it holds: ``digits_s64_t16_v8``."""
+    from focalbench.data.build import generator_options
+
+    options = generator_options(args["name"])
     return f"{args['name']}_s{args['size']}_t{args['train']}_v{args['val']}" + (
-        f"_seed{args['seed']}" if args.get("seed") else "")
+        f"_seed{args['seed']}" if args.get("seed") else "") + "".join(
+        f"_{k}{args[k]:g}" for k in options if k in args and args[k] != options[k])

@@ -18,6 +18,14 @@ from focalbench.data.scene import Scene, contrasting_colour, log_uniform
 
 CATEGORIES = [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]
 DEFAULTS = {"train": 2000, "val": 300, "size": 128}
+# Generator options (``data.build_args.<name>``), with the value that reproduces the sets built before they
+# existed. ``stretch`` s >= 1: each digit is drawn wider by a log-uniform factor in [c/s, c*s], c = 1.6
+# (STRETCH_CENTRE: a digit's strokes fill ~60% of its scan's width, so c centres the tight boxes' w/h near
+# 1). By default the tight boxes are tall (w/h 10-90%: 0.47-0.74, median 0.60); s=2.5 spreads them the way
+# COCO's are spread (0.46-1.85, median 0.91), so anchors of several aspect ratios have something to match
+# (Table 1c). At s=1 no extra number is drawn: the set is byte-identical to one built before the option.
+OPTIONS = {"stretch": 1.0}
+STRETCH_CENTRE = 1.6
 # Real photographs bundled in scikit-image's wheel (no download needed).
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel",
           "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
@@ -67,10 +75,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
-def _digit_mask(rng: np.random.Generator, scan: np.ndarray, size: int) -> np.ndarray:
+def _digit_mask(rng: np.random.Generator, scan: np.ndarray, size: int, stretch: float = 1.0) -> np.ndarray:
     """Upscale one 8x8 scan to a random size and place it; the mask is the thresholded stroke."""
     h = int(round(log_uniform(rng, MIN_HEIGHT, min(MAX_HEIGHT, size / 2))))
-    w = max(8, int(round(h * rng.uniform(0.75, 1.1))))
+    aspect = rng.uniform(0.75, 1.1)
+    if stretch != 1.0:
+        aspect *= STRETCH_CENTRE * log_uniform(rng, 1.0 / stretch, stretch)
+    w = min(size, max(8, int(round(h * aspect))))
     big = np.asarray(Image.fromarray(scan).resize((w, h), Image.BILINEAR))
     stroke = big > rng.uniform(5.0, 8.0)  # scan values are 0..16
     x0, y0 = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
@@ -89,8 +100,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return d & ~mask
 
 
-def render(rng: np.random.Generator, size: int, split: str = "train",
-           seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+def render(rng: np.random.Generator, size: int, split: str = "train", seed: int = 0,
+           stretch: float = OPTIONS["stretch"]) -> tuple[np.ndarray, list[dict]]:
     """One scene: uint8 image ``(size, size, 3)`` and its digits (``bbox`` xywh, ``category_id``, ``area``)."""
     images, targets = _digits()
     pool = _split_indices(seed, split)
@@ -98,7 +109,7 @@ def render(rng: np.random.Generator, size: int, split: str = "train",
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         k = int(pool[rng.integers(len(pool))])
         for _attempt in range(20):
-            mask = _digit_mask(rng, images[k], size)
+            mask = _digit_mask(rng, images[k], size, stretch)
             if not mask.any():
                 continue
             ys, xs = np.nonzero(mask)

@@ -7,11 +7,14 @@ import copy
 import io
 from typing import Any, Mapping, Sequence
 
+from focalbench.checks import one_of, require
+
 import numpy as np
 import torch
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 BACKENDS = ("faster", "pycocotools")
+BACKEND = one_of(BACKENDS, "evaluation backend")    # eval_backend (the config check reads this rule)
 
 
 def to_coco_detections(prediction: Mapping[str, torch.Tensor], target: Mapping[str, Any],
@@ -41,8 +44,7 @@ def evaluate_detections(coco_gt, detections: list[dict], backend: str = "faster"
                         image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """COCO box evaluation of ``detections`` against ``coco_gt`` (a pycocotools/faster-coco-eval ``COCO`` or a
     COCO-format dict). Returns the six stats in percent; no detections -> all 0."""
-    if backend not in BACKENDS:
-        raise ValueError(f"evaluation backend must be one of {BACKENDS}, got {backend!r}")
+    require(BACKEND, backend, "eval_backend")
     if not detections:
         return {k: 0.0 for k in STAT_NAMES}
     quiet = contextlib.redirect_stdout(io.StringIO())

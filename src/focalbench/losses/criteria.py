@@ -15,17 +15,26 @@ and returns a normalised scalar:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from focalbench.config_schema import LOSS_PARAMS
+from focalbench.checks import BOOL, Check, is_num, one_of, require, require_number, show
 
 from . import compiled as _compiled
-from .focal import (_compute_dtype, _sigmoid_focal, check_alpha, check_gamma, sigmoid_ce_from_labels,
-                    sigmoid_focal_loss_star, softmax_focal_loss)
+from .focal import (BETA, GAMMA, STAR_GAMMA, _compute_dtype, _sigmoid_focal, check_alpha, check_gamma,
+                    sigmoid_ce_from_labels, sigmoid_focal_loss_star, softmax_focal_loss)
+from .ohem import BATCH_SIZE, NEG_POS_RATIO, NMS_IOU, check_batch_size, check_neg_pos_ratio, check_nms_iou, \
+    select_hard_examples
 from .terms import IGNORE, prior_logit
-from .ohem import check_batch_size, check_neg_pos_ratio, check_nms_iou, select_hard_examples
+
+# A config's alpha: [0, 1], or exactly -1 for "no alpha weighting". The tensor functions keep torchvision's
+# convention that any alpha < 0 disables it (focal.ALPHA), but in a config a value like -0.25 is much more
+# likely a sign typo than a request, and one sentinel keeps the config hash canonical (alpha=-1 and
+# alpha=-0.5 would be two hashes of one run).
+ALPHA = ((lambda v: is_num(v) and (0 <= v <= 1 or v == -1)), "must be in [0, 1], or -1 to disable the alpha weighting")
+NMS_BOXES = one_of(("anchors", "predicted"), "OHEM box set")
 
 
 
@@ -94,7 +103,7 @@ class SigmoidFocalLoss(ClassificationLoss):
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.25):
         super().__init__()
-        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha", ALPHA)
 
     def hparams(self) -> dict:
         return {"gamma": self.gamma, "alpha": self.alpha}
@@ -137,12 +146,8 @@ class FocalStarLoss(ClassificationLoss):
 
     def __init__(self, gamma: float = 2.0, beta: float = 1.0, alpha: float = 0.25):
         super().__init__()
-        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
-        if self.gamma == 0:
-            raise ValueError("loss.gamma must be > 0 for focal_star (it divides the loss), got 0.0")
-        self.beta = float(beta)
-        if not math.isfinite(self.beta):
-            raise ValueError(f"loss.beta must be a finite number, got {beta!r}")
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma", STAR_GAMMA), check_alpha(alpha, "loss.alpha", ALPHA)
+        self.beta = float(require_number(BETA, beta, "loss.beta"))
 
     def hparams(self) -> dict:
         return {"gamma": self.gamma, "beta": self.beta, "alpha": self.alpha}
@@ -165,7 +170,7 @@ class SoftmaxFocalLoss(ClassificationLoss):
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.25):
         super().__init__()
-        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha")
+        self.gamma, self.alpha = check_gamma(gamma, "loss.gamma"), check_alpha(alpha, "loss.alpha", ALPHA)
 
     def hparams(self) -> dict:
         return {"gamma": self.gamma, "alpha": self.alpha}
@@ -196,23 +201,18 @@ class OHEMLoss(ClassificationLoss):
     CE summed over the K classes (no grad), selected by ``select_hard_examples``, and the loss is the
     (alpha-weighted when alpha >= 0) CE of the selected anchors, averaged over them."""
 
-    NMS_BOXES = ("anchors", "predicted")
-
     def __init__(self, batch_size: int = 128, nms_iou: float = 0.7, per_image: bool = True,
                  alpha: float = -1.0, neg_pos_ratio: float | None = None, nms_boxes: str = "anchors"):
         super().__init__()
-        if nms_boxes not in self.NMS_BOXES:
-            raise ValueError(f"loss.nms_boxes must be one of {self.NMS_BOXES}, got {nms_boxes!r}")
+        require(NMS_BOXES, nms_boxes, "loss.nms_boxes")
         # "anchors": NMS over the anchor boxes; "predicted": over each anchor's regressed box (the model
         # passes them, detached, in place of the anchors). Counts of what NMS examined and kept:
         self.nms_boxes = nms_boxes
         self.nms_stats = {"scanned": 0, "kept": 0}
         self.batch_size = check_batch_size(batch_size, "loss.batch_size")
         self.nms_iou = check_nms_iou(nms_iou, "loss.nms_iou")
-        if not isinstance(per_image, bool):
-            raise ValueError(f"loss.per_image must be true or false, got {per_image!r}")
-        self.per_image = per_image
-        self.alpha = check_alpha(alpha, "loss.alpha")
+        self.per_image = require(BOOL, per_image, "loss.per_image")
+        self.alpha = check_alpha(alpha, "loss.alpha", ALPHA)
         self.neg_pos_ratio = None if neg_pos_ratio is None else check_neg_pos_ratio(neg_pos_ratio,
                                                                                      "loss.neg_pos_ratio")
 
@@ -266,28 +266,40 @@ class OHEMLoss(ClassificationLoss):
                               hard=True).sum(-1)
 
 
-# name -> (class, fixed kwargs, allowed keys)
-# name -> (class, fixed parameters); the parameters a config may set are config_schema.LOSS_PARAMS (one list,
-# read by both the config check and the constructor call below)
-_CLASSES = {
-    "ce": (SigmoidFocalLoss, {"gamma": 0.0, "alpha": -1.0}),
-    "alpha_ce": (SigmoidFocalLoss, {"gamma": 0.0}),
-    "focal": (SigmoidFocalLoss, {}),
-    "focal_star": (FocalStarLoss, {}),
-    "softmax_focal": (SoftmaxFocalLoss, {}),
-    "ohem": (OHEMLoss, {}),
-    "ohem_1to3": (OHEMLoss, {"neg_pos_ratio": 3.0}),
+class LossSpec(NamedTuple):
+    cls: type                  # the criterion class
+    fixed: dict                # parameters the name fixes (ce: gamma 0, no alpha)
+    params: dict               # the parameters a config may set -> their rule (focalbench.checks)
+
+
+_OHEM = {"batch_size": BATCH_SIZE, "nms_iou": NMS_IOU, "per_image": BOOL, "alpha": ALPHA, "nms_boxes": NMS_BOXES}
+# The losses a config names (conf/loss/<name>.yaml): the one table of names, parameters and their rules. The
+# constructors apply the same rules, and the config check (focalbench.config_schema) reads them from here.
+LOSSES: dict[str, LossSpec] = {
+    "ce": LossSpec(SigmoidFocalLoss, {"gamma": 0.0, "alpha": -1.0}, {}),
+    "alpha_ce": LossSpec(SigmoidFocalLoss, {"gamma": 0.0}, {"alpha": ALPHA}),
+    "focal": LossSpec(SigmoidFocalLoss, {}, {"gamma": GAMMA, "alpha": ALPHA}),
+    "focal_star": LossSpec(FocalStarLoss, {}, {"gamma": STAR_GAMMA, "beta": BETA, "alpha": ALPHA}),
+    "softmax_focal": LossSpec(SoftmaxFocalLoss, {}, {"gamma": GAMMA, "alpha": ALPHA}),
+    "ohem": LossSpec(OHEMLoss, {}, _OHEM),
+    "ohem_1to3": LossSpec(OHEMLoss, {"neg_pos_ratio": 3.0}, {**_OHEM, "neg_pos_ratio": NEG_POS_RATIO}),
 }
-_LOSSES = {name: (cls, fixed, LOSS_PARAMS[name]) for name, (cls, fixed) in _CLASSES.items()}
+LOSS_NAME: Check = one_of(tuple(LOSSES), "loss")
+
+
+def check_loss_params(name: str, params: dict, prefix: str = "loss.") -> None:
+    """Every key of ``params`` is a parameter of loss ``name`` that its rule accepts; else one ValueError."""
+    require(LOSS_NAME, name, prefix + "name")
+    spec = LOSSES[name]
+    for key, value in params.items():
+        if key not in spec.params:
+            raise ValueError(f"{prefix}{key}={show(value)}: not a parameter of loss {name}; its parameters: "
+                             f"{', '.join(spec.params) or 'none'}")
+        require(spec.params[key], value, prefix + key)
 
 
 def build_classification_loss(name: str, **params) -> ClassificationLoss:
     """Criterion from a ``conf/loss/*.yaml`` entry: ``build_classification_loss(**cfg.loss)``."""
-    if name not in _LOSSES:
-        raise ValueError(f"loss.name must be one of {sorted(_LOSSES)}, got {name!r}")
-    cls, fixed, allowed = _LOSSES[name]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"loss.{unknown[0]} is not a parameter of loss {name!r} "
-                         f"(allowed: {', '.join(allowed) or 'none'}), got {params[unknown[0]]!r}")
-    return cls(**{**fixed, **params})
+    check_loss_params(name, params)
+    spec = LOSSES[name]
+    return spec.cls(**{**spec.fixed, **params})

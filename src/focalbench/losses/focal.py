@@ -14,38 +14,39 @@ gradient together and saves only that gradient (one float32 tensor of the logits
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
+
+from focalbench.checks import FINITE, is_num, num_above, num_at_least, one_of, require, require_number
 
 from . import compiled as _compiled
 from .terms import alpha_coefs
 
 REDUCTIONS = ("none", "mean", "sum")
 
-
 # ---------------------------------------------------------------------------------------------------------
-# argument checks (raised where the bad value enters, one line each)
+# the rules of the arguments (focalbench.checks; the config check reads the same objects)
 
-def check_gamma(gamma: float, name: str = "gamma") -> float:
-    gamma = float(gamma)
-    if not gamma >= 0 or math.isinf(gamma):
-        raise ValueError(f"{name} must be a finite number >= 0, got {gamma!r}")
-    return gamma
+GAMMA = num_at_least(0)                                # FL's focusing parameter (eq. 4), any finite >= 0
+STAR_GAMMA = num_above(0, "FL* divides by gamma")      # FL* (Appendix A)
+BETA = FINITE                                          # FL*'s shift
+# the tensor functions keep torchvision's convention: any alpha < 0 disables the weighting (a config allows
+# only -1: focalbench.losses.criteria.ALPHA)
+ALPHA = ((lambda v: is_num(v) and v <= 1), "must be in [0, 1], or < 0 to disable the alpha weighting")
+REDUCTION = one_of(REDUCTIONS)
 
 
-def check_alpha(alpha: float, name: str = "alpha") -> float:
-    alpha = float(alpha)
-    if math.isnan(alpha) or alpha > 1:
-        raise ValueError(f"{name} must be in [0, 1] (or < 0 to disable the weighting), got {alpha!r}")
-    return alpha
+def check_gamma(gamma: float, name: str = "gamma", rule=GAMMA) -> float:
+    return float(require_number(rule, gamma, name))
+
+
+def check_alpha(alpha: float, name: str = "alpha", rule=ALPHA) -> float:
+    return float(require_number(rule, alpha, name))
 
 
 def check_reduction(reduction: str, name: str = "reduction") -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
+    return require(REDUCTION, reduction, name)
 
 
 def _check_same_shape(inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -265,12 +266,8 @@ def sigmoid_focal_loss_star(inputs: torch.Tensor, targets: torch.Tensor, alpha: 
     """FL* (paper Appendix A): ``x_t = x`` if y = 1 else ``-x``; ``p_t* = sigmoid(gamma x_t + beta)``;
     ``FL* = -alpha_t log(p_t*) / gamma``, alpha-balanced like FL (Table 3 uses alpha = .25). Binary targets.
     ``gamma`` must be > 0 (it divides)."""
-    alpha, gamma, reduction = check_alpha(alpha), check_gamma(gamma), check_reduction(reduction)
-    if gamma == 0:
-        raise ValueError("gamma must be > 0 for FL* (it divides the loss), got 0.0")
-    beta = float(beta)
-    if not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number, got {beta!r}")
+    alpha, reduction = check_alpha(alpha), check_reduction(reduction)
+    gamma, beta = check_gamma(gamma, rule=STAR_GAMMA), float(require_number(BETA, beta, "beta"))
     _check_same_shape(inputs, targets)
     if not targets.requires_grad and _compiled.use_compiled(inputs):
         out = _compiled.sigmoid_focal_star(inputs, targets, alpha, gamma, beta, reduction)

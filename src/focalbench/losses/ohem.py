@@ -25,6 +25,8 @@ import math
 import torch
 from torchvision.ops import box_iou, nms
 
+from focalbench.checks import int_at_least, num_at_least, num_in, require, require_number
+
 from .terms import IGNORE
 
 MIN_CHUNK = 256
@@ -32,24 +34,21 @@ MAX_IOU_ENTRIES = 1 << 22     # bound on one candidates x kept IoU block (16 MiB
 LONG_SCAN = 8                 # chunks after which a scan for remaining positives finishes in one go
 
 
+BATCH_SIZE = int_at_least(1)                            # B: the hard examples kept (per image or batch)
+NMS_IOU = num_in(0, 1, open_lo=True)                    # the NMS threshold of the selection
+NEG_POS_RATIO = num_at_least(0)                         # OHEM 1:3 (SSD's rule): negatives per positive
+
+
 def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {batch_size!r}")
-    return batch_size
+    return require(BATCH_SIZE, batch_size, name)
 
 
 def check_nms_iou(nms_iou: float, name: str = "nms_iou") -> float:
-    nms_iou = float(nms_iou)
-    if not 0.0 < nms_iou <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {nms_iou!r}")
-    return nms_iou
+    return float(require_number(NMS_IOU, nms_iou, name))
 
 
 def check_neg_pos_ratio(ratio: float, name: str = "neg_pos_ratio") -> float:
-    ratio = float(ratio)
-    if not ratio >= 0 or math.isinf(ratio):
-        raise ValueError(f"{name} must be a finite number >= 0, got {ratio!r}")
-    return ratio
+    return float(require_number(NEG_POS_RATIO, ratio, name))
 
 
 def rank_order(scores: torch.Tensor) -> torch.Tensor:

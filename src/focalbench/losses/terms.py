@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from focalbench.checks import num_in, or_null, require_number
+
 BACKGROUND = -1   # label of an anchor assigned to no box (IoU < .4)
 IGNORE = -2       # label of an anchor with IoU in [.4, .5): no classification loss
 
@@ -18,10 +20,12 @@ def alpha_coefs(alpha: float) -> tuple[float, float]:
     return (1.0, 0.0) if alpha < 0 else (1.0 - alpha, 2.0 * alpha - 1.0)
 
 
+PRIOR = num_in(0, 1, open_lo=True, open_hi=True)
+PRIOR_PROB = or_null(PRIOR)        # model.prior_prob: null leaves the classifier bias at 0
+
+
 def prior_logit(prior_prob: float, name: str = "prior_prob") -> float:
     """``b = -log((1 - pi) / pi)``: the classifier bias with which every output starts at ``p = pi``
     (section 4.1, "Initialization"; pi = .01 in the paper)."""
-    pi = float(prior_prob)
-    if not 0.0 < pi < 1.0:
-        raise ValueError(f"{name} must be in (0, 1) or null, got {prior_prob!r}")
+    pi = require_number(PRIOR, prior_prob, name)
     return -math.log((1.0 - pi) / pi)

@@ -17,20 +17,37 @@ import functools
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
+from focalbench.checks import int_at_least, is_int, num_above, one_of, require
+
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 ASPECT_RATIOS = {1: (1.0,), 3: (0.5, 1.0, 2.0), 5: (1.0 / 3.0, 0.5, 1.0, 2.0, 3.0)}
+# the rules of anchors.* (focalbench.checks; the config check reads the same objects)
+SCALES = int_at_least(1)
+RATIOS = one_of(tuple(ASPECT_RATIOS))
+SIZE_MULTIPLIER = num_above(0)
+PADDING_TEXT = (f"must be a multiple of {STRIDES[-1]} (the P7 stride), or a power of two >= data.max_size "
+                "({other})")
+
+
+def padding_ok(size_divisible, max_size) -> bool:
+    """The rule of data.size_divisible: the padded input divides by the largest stride (P7, 128), so every
+    level's map is exactly H/stride and its anchors line up with it (Detectron's SIZE_DIVISIBILITY). One
+    exception, for images smaller than one P7 cell (the smoke profile's 64 px): a power of two >= max_size
+    pads every image to one square that each stride halves exactly down to a 1x1 map."""
+    if not is_int(size_divisible) or size_divisible < 1:
+        return False
+    small_square = size_divisible & (size_divisible - 1) == 0 and is_int(max_size) and size_divisible >= max_size
+    return size_divisible % STRIDES[-1] == 0 or small_square
 
 
 def anchor_scales(num_scales: int) -> tuple[float, ...]:
     """Sub-octave scales 2^(k/num_scales) for k = 0..num_scales-1."""
-    if not isinstance(num_scales, int) or num_scales < 1:
-        raise ValueError(f"anchors.scales must be a positive integer, got {num_scales!r}")
+    require(SCALES, num_scales, "anchors.scales")
     return tuple(2.0 ** (k / num_scales) for k in range(num_scales))
 
 
 def aspect_ratios(num_ratios: int) -> tuple[float, ...]:
-    if num_ratios not in ASPECT_RATIOS:
-        raise ValueError(f"anchors.ratios must be one of {sorted(ASPECT_RATIOS)}, got {num_ratios!r}")
+    require(RATIOS, num_ratios, "anchors.ratios")
     return ASPECT_RATIOS[num_ratios]
 
 

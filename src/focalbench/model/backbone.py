@@ -26,8 +26,14 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from focalbench.checks import int_at_least, one_of, require
+
 BODIES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("bn", "frozen_bn", "gn", "none")
+# the rules of model.backbone.* and model.head.norm (focalbench.checks; the config check reads these objects)
+BODY = one_of(BODIES, "backbone")
+NORM = one_of(NORMS, "norm")
+FREEZE_AT = int_at_least(0)
 PRETRAINED_NORMS = ("bn", "frozen_bn")  # the norms whose parameters/buffers a torchvision checkpoint holds
 
 
@@ -84,15 +90,14 @@ def check_weights(backbone: Mapping[str, Any]) -> Path | None:
 
 def norm_layer(kind: str, groups: int = 16) -> Callable[[int], nn.Module]:
     """``norm_layer(num_channels)`` factory for ``kind`` in ``NORMS``."""
+    require(NORM, kind, "model.backbone.norm")
     if kind == "bn":
         return nn.BatchNorm2d
     if kind == "frozen_bn":
         return FrozenBatchNorm2d
     if kind == "gn":
         return lambda c: nn.GroupNorm(min(groups, c), c)
-    if kind == "none":
-        return lambda c: nn.Identity()
-    raise ValueError(f"model.backbone.norm must be one of {NORMS}, got {kind!r}")
+    return lambda c: nn.Identity()  # "none"
 
 
 class SmallResNet(nn.Module):
@@ -195,9 +200,8 @@ def build_body(name: str = "small", widths: Sequence[int] = (32, 64, 128, 256), 
         if weights:
             raise ValueError(f"model.backbone.weights must be null for the small body, got {weights!r}")
         return SmallResNet(widths, blocks, norm)
-    if name in BODIES:
-        return TorchvisionResNet(name, weights, norm, freeze_at)
-    raise ValueError(f"model.backbone.name must be one of {BODIES}, got {name!r}")
+    require(BODY, name, "model.backbone.name")
+    return TorchvisionResNet(name, weights, norm, freeze_at)
 
 
 def check_body(body: nn.Module, target: str = "model.backbone") -> nn.Module:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from focalbench.checks import num_in, or_null, require_number
+
+DECAY_VALUE = num_in(0, 1, open_lo=True, open_hi=True)
+DECAY = or_null(DECAY_VALUE)          # optim.ema_decay (null: no EMA); the config check reads this rule
+
 
 class WeightEMA(L.Callback):
     """``shadow = decay * shadow + (1 - decay) * weights`` after every optimiser step, with the warm-up
     ``decay_t = min(decay, (1 + t) / (10 + t))`` so early steps are not dominated by the initialisation."""
 
     def __init__(self, decay: float):
-        if not 0.0 < float(decay) < 1.0:
-            raise ValueError(f"optim.ema_decay must be in (0, 1), got {decay!r}")
-        self.decay = float(decay)
+        self.decay = float(require_number(DECAY_VALUE, decay, "optim.ema_decay"))
         self.shadow: dict[str, torch.Tensor] | None = None
         self._backup: dict[str, torch.Tensor] | None = None
         self._updates = 0

@@ -18,12 +18,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from focalbench.checks import one_of, require
 from focalbench.evaluation import STAT_NAMES, evaluate_detections, to_coco_detections
 from focalbench.model.retinanet import RetinaNet
 from focalbench.runstore import atomic_write_json
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZER = one_of(OPTIMIZERS, "optimizer")     # optim.name (the config check reads these rules)
+SCHEDULE = one_of(SCHEDULES, "schedule")        # optim.schedule
 
 
 def lr_factor(step: int, max_steps: int, warmup_iters: int, warmup_factor: float, schedule: str,
@@ -46,9 +49,8 @@ def build_optimizer(params, name: str = "sgd", lr: float = 0.01, weight_decay: f
     """The optimiser of ``optim`` (its packaged ``_target_``): SGD with momentum (the paper) or AdamW."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
-    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {name!r}")
+    require(OPTIMIZER, name, "optim.name")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
 
 
 def cpu_native_bf16() -> bool:
@@ -79,10 +81,9 @@ class RetinaNetModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.optim = dict(optim)
-        if not self.optim.get("_target_") and self.optim.get("name") not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.optim.get('name')!r}")
-        if self.optim.get("schedule", "cosine") not in SCHEDULES:
-            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.get('schedule')!r}")
+        if not self.optim.get("_target_"):
+            require(OPTIMIZER, self.optim.get("name"), "optim.name")
+        require(SCHEDULE, self.optim.get("schedule", "cosine"), "optim.schedule")
         self.max_steps = int(max_steps)
         self.batch_size = batch_size
         self.summary_path = summary_path

@@ -11,6 +11,17 @@ import torch
 from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou
 
+from focalbench.checks import is_num, show
+
+
+FG_IOU_TEXT = "must be in (0, 1] and >= model.bg_iou ({other})"
+
+
+def fg_iou_ok(fg_iou, bg_iou) -> bool:
+    """The rule of model.fg_iou / model.bg_iou: 0 <= bg_iou <= fg_iou <= 1 and fg_iou > 0 (the config check
+    reads it from here)."""
+    return is_num(bg_iou) and is_num(fg_iou) and 0.0 <= bg_iou <= fg_iou <= 1.0 and fg_iou > 0.0
+
 
 class BatchedMatcher(Matcher):
     """``BatchedMatcher(0.5, 0.4)`` is the paper's rule. Returns per anchor the index of its box in the image's
@@ -18,9 +29,8 @@ class BatchedMatcher(Matcher):
 
     def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.4,
                  allow_low_quality_matches: bool = False):
-        if not 0.0 <= low_threshold <= high_threshold <= 1.0:
-            raise ValueError(f"model.bg_iou/fg_iou must satisfy 0 <= bg_iou <= fg_iou <= 1, got "
-                             f"{low_threshold!r}/{high_threshold!r}")
+        if not fg_iou_ok(high_threshold, low_threshold):
+            raise ValueError(f"model.fg_iou={show(high_threshold)}: {FG_IOU_TEXT.format(other=show(low_threshold))}")
         super().__init__(high_threshold, low_threshold, allow_low_quality_matches)
 
     def match(self, gt_boxes: torch.Tensor, gt_valid: torch.Tensor, anchors: torch.Tensor

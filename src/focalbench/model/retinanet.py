@@ -14,11 +14,14 @@ from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms
 
+from focalbench.checks import num_at_least, require
 from focalbench.model.anchors import grid_anchors, num_anchors_per_location
 from focalbench.model.backbone import BackboneFPN
 from focalbench.model.head import RetinaNetHead
 from focalbench.model.matcher import BatchedMatcher
 
+
+SMOOTH_L1_BETA = num_at_least(0)   # the box loss's beta (0: L1); the config check reads this rule
 
 class HeadOutputs(NamedTuple):
     cls_logits: torch.Tensor   # (N, A, K) or (N, A, K+1) for softmax losses
@@ -49,8 +52,7 @@ class RetinaNet(nn.Module):
                  score_thresh: float = 0.05, topk_candidates: int = 1000, nms_thresh: float = 0.5,
                  detections_per_img: int = 100, channels_last: bool = False):
         super().__init__()
-        if smooth_l1_beta < 0:
-            raise ValueError(f"model.smooth_l1_beta must be >= 0, got {smooth_l1_beta!r}")
+        require(SMOOTH_L1_BETA, smooth_l1_beta, "model.smooth_l1_beta")
         self.backbone, self.head, self.criterion = backbone, head, criterion
         self.num_classes = num_classes
         self.num_scales, self.num_ratios, self.size_multiplier = num_scales, num_ratios, size_multiplier
