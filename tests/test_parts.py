@@ -49,6 +49,33 @@ def test_user_parts_are_built_from_their_targets(plugins):
     assert isinstance(opt, torch.optim.RAdam) and opt.defaults["lr"] == pytest.approx(0.002)  # profile's lr
 
 
+def test_user_scheduler_replaces_focalbench_schedule(plugins):
+    """optim.scheduler._target_: any scheduler class, given the optimiser and the run's length it asks for."""
+    cfg = compose([SEARCH, "profile=smoke", "optim=adamw_onecycle", "trainer.max_steps=20"])
+    module = build_module(cfg, 3, derive_schedule(cfg), None)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert isinstance(sched, torch.optim.lr_scheduler.OneCycleLR) and sched.total_steps == 20
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(19):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(0.004, rel=0.05) and lrs[-1] < 1e-4  # one cycle up to max_lr and down
+    plain = compose(["profile=smoke", "trainer.max_steps=20"])
+    assert isinstance(build_module(plain, 3, derive_schedule(plain), None).configure_optimizers()[
+        "lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LambdaLR)  # without it: focalbench's schedule
+    cos = compose([SEARCH, "profile=smoke", "optim=adamw_onecycle", "trainer.max_steps=20",
+                   "optim.scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR", "~optim.scheduler.max_lr",
+                   "~optim.scheduler.pct_start"])
+    sched = build_module(cos, 3, derive_schedule(cos), None).configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sched.T_max == 20                                                      # T_max from the run's length
+    assert config_hash(run_config_for_hash(cos)) != config_hash(run_config_for_hash(cfg))
+    with pytest.raises(ConfigError, match=r"^optim.scheduler.max_lr: torch.optim.lr_scheduler.OneCycleLR requires"):
+        compose([SEARCH, "profile=smoke", "optim=adamw_onecycle", "~optim.scheduler.max_lr"])
+
+
 def test_packaged_targets_build_what_the_names_say():
     cfg = compose(["profile=smoke", "loss=ce"])
     assert cfg.loss._target_ == "focalbench.losses.build_classification_loss"

@@ -314,6 +314,12 @@ def test_table_markdown_lists_seeds_diverged_runs_and_the_deciding_difference():
     assert "permutation p" in md and "bootstrap CI over seeds" in md
     csv = table_csv(t, rows)
     assert csv.count("\n") == 11 and ",1," in csv.splitlines()[1]        # diverged seed 1 listed apart
+    assert "OHEM's NMS" not in md                                          # no run recorded it
+    for i, r in enumerate(rows["OHEM 128 nms.5"].runs):
+        r["ohem_nms_removed"] = 0.6 + 0.02 * i
+    md = table_markdown(t, rows, tau_stats(list(rows.values())), v)
+    assert "that it removed" in md and "OHEM 128 nms.5 0.62 (0.60-0.64)" in md and "OHEM 256" not in md.split(
+        "that it removed")[1].split("\n")[0]
 
 
 def test_new_table_is_one_yaml_file(tmp_path):

@@ -321,6 +321,9 @@ def _check_parts(c: dict) -> list[Part]:
         if target is None:
             continue
         if parts.is_builtin(target):
+            if not builtin:
+                raise ConfigError(f"{part.key}._target_={target}: focalbench builds no {part.key} of its own "
+                                  f"(leave {part.key} out for focalbench's; a target names your own class)")
             if target not in builtin:
                 raise ConfigError(f"{part.key}._target_={target}: focalbench's own {part.key} is built by "
                                   f"{' or '.join(builtin)} (choose a built-in one by its name)")

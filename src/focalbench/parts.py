@@ -46,14 +46,19 @@ class Part:
     keep: tuple[str, ...] = ()
 
 
-# the learning-rate schedule and the linear scaling rule stay focalbench's, whatever optimiser a target makes
+# the learning-rate schedule and the linear scaling rule are focalbench's, whatever optimiser a target makes,
+# unless optim.scheduler names a scheduler class of its own
 SCHEDULE_KEYS = ("schedule", "steps", "gamma", "min_factor", "warmup_iters", "warmup_factor", "scale_with_batch",
-                 "base_batch", "ema_decay")
+                 "base_batch", "ema_decay", "scheduler")
+# what a user's scheduler (optim.scheduler._target_) is given when its signature names it and the section
+# does not: the optimiser, and the run's length in optimiser steps under each name torch's schedulers use
+SCHEDULER_RUNTIME = ("optimizer", "total_steps", "T_max", "total_iters")
 PARTS: tuple[Part, ...] = (
     Part("loss", "focalbench.losses.build_classification_loss"),
     Part("model.backbone", "focalbench.model.backbone.build_body"),
     Part("optim", "focalbench.model.lit.build_optimizer", drop=SCHEDULE_KEYS, runtime=("params",),
          keep=tuple(f"optim.{k}" for k in ("lr",) + SCHEDULE_KEYS)),
+    Part("optim.scheduler", (), runtime=SCHEDULER_RUNTIME),  # none packaged: focalbench's schedule when absent
     Part("data", "focalbench.data.CocoDataModule", runtime=("seed",), keep=("data.batch_size",)),
     Part("logger", ("focalbench.tracking.tensorboard_logger", "focalbench.tracking.wandb_logger"),
          drop=("log_images",), runtime=("save_dir", "config", "identity", "run_id")),

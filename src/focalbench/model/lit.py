@@ -192,6 +192,12 @@ class RetinaNetModule(L.LightningModule):
         from focalbench.parts import build_part
 
         opt = build_part(o, "optim", params)  # optim._target_ (build_optimizer): the schedule keys stay ours
+        if (o.get("scheduler") or {}).get("_target_"):  # a user's scheduler class, stepped every iteration
+            from focalbench.parts import instantiate_part
+
+            sched = instantiate_part(o["scheduler"], "optim.scheduler", opt, total_steps=self.max_steps,
+                                     T_max=self.max_steps, total_iters=self.max_steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         kw = dict(max_steps=self.max_steps, warmup_iters=int(o.get("warmup_iters", 0)),
                   warmup_factor=float(o.get("warmup_factor", 1.0 / 3)), schedule=o.get("schedule", "cosine"),
                   steps=tuple(int(s) for s in o.get("steps") or ()), gamma=float(o.get("gamma", 0.1)),

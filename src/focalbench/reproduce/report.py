@@ -144,10 +144,16 @@ def table_markdown(table: Table, rows: dict[str, RowResult], ts: TauStats, verdi
                      f"{_mean_sd(r, 'AP75')} | {sizes} | {len(r.runs)} | {_status(r)} |")
     div = [f"{r.name} (seed{'s' if len(r.diverged) > 1 else ''} {', '.join(map(str, r.diverged_seeds))})"
            for r in rows.values() if r.diverged]
+    removed = [(row.name, rows[row.name].values("ohem_nms_removed")) for row in table.rows]
+    removed = [(name, v) for name, v in removed if v]
     lines += ["", "Our AP: mean ± sd over the seeds that trained (sd with n − 1); APl is n/a where COCO returns -1 "
               "(no ground truth of that size). "
               + ("Diverged runs (loss not finite; kept out of every mean, never counted as AP 0): " + "; ".join(div) + "."
                  if div else "No run diverged."), "",
+              *([("OHEM's NMS: fraction of the anchors it examined during training that it removed (`ohem_nms_removed` "
+                  "of metrics.json; mean over seeds, min-max): "
+                  + ", ".join(f"{name} {sum(v) / len(v):.2f}" + (f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else "")
+                              for name, v in removed) + "."), ""] if removed else []),
               f"Kendall's tau (paper AP vs our mean AP, rows with an AP): {tau_text(ts)}", "",
               f"Claim: *\"{table.claim}\"* → **{verdict.verdict}**. {verdict.detail}.", ""]
     if verdict.parts:
