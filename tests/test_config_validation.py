@@ -216,6 +216,23 @@ def test_plan_runs_validates_every_planned_config():
         plan_runs([bad], "smoke", [0])
 
 
+def test_a_table_runs_at_least_its_min_seeds(tmp_path):
+    """Table 3's equivalence claim needs power: its YAML's min_seeds (10) whatever --seeds asks, more if asked."""
+    from focalbench.reproduce.runner import plan_runs
+    from focalbench.reproduce.sweeps import SweepFileError, load_table, load_tables
+
+    t3, t1a = load_tables(["3", "1a"])
+    assert (t3.min_seeds, t1a.min_seeds) == (10, 1)
+    specs = plan_runs([t3, t1a], "smoke", [0, 1, 2])
+    assert sorted({s.seed for s in specs if s.table == "3"}) == list(range(10))
+    assert sorted({s.seed for s in specs if s.table == "1a"}) == [0, 1, 2]
+    assert t3.seeds_for(list(range(12))) == list(range(12))
+    (tmp_path / "table9_x.yaml").write_text("table: '9'\ntitle: t\nclaim: c\nmin_seeds: 0\nrows:\n"
+                                            "  - {name: a, overrides: [loss=ce], paper: {AP: 1, AP50: 1, AP75: 1}}\n")
+    with pytest.raises(SweepFileError, match="min_seeds=0 must be an integer >= 1"):
+        load_table("9", tmp_path)
+
+
 # ------------------------------------------------------------------------------ the command line (2 cases)
 @pytest.mark.parametrize("override, message", [
     ("loss.gamma=-1", "error: loss.gamma=-1: must be a number >= 0"),

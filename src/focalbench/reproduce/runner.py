@@ -85,7 +85,7 @@ def plan_runs(tables: list[Table], profile: str, seeds: list[int], extra_overrid
     specs = []
     for table in tables:
         for row in table.rows:
-            for seed in seeds:
+            for seed in table.seeds_for(seeds):
                 ov = [*base, *(deep if table.deep else []), *row.overrides, f"seed={seed}"]
                 try:  # every planned config is validated (in compose) before anything runs
                     cfg = compose(ov)
@@ -118,7 +118,8 @@ def prepare_study(url: str, storage, profile: str, table: Table, seeds: list[int
                  "finished: that run is run again")
         return False
 
-    enqueue_missing(url, study, storage, [{"row": row.name, "seed": seed} for row in table.rows for seed in seeds],
+    enqueue_missing(url, study, storage, [{"row": row.name, "seed": seed} for row in table.rows
+                                          for seed in table.seeds_for(seeds)],
                     lambda p: (p.get("row"), p.get("seed")), still_finished)
     return study
 

@@ -82,8 +82,11 @@ def load_table(table_id: str, sweeps_dir: Path = SWEEPS_DIR) -> Table:
             validate_rule(verdict, [r.name for r in rows])
         except ValueError as e:
             raise SweepFileError(f"{path}: verdict: {e}") from None
+    min_seeds = data.get("min_seeds", 1)
+    if not isinstance(min_seeds, int) or isinstance(min_seeds, bool) or min_seeds < 1:
+        raise SweepFileError(f"{path}: min_seeds={min_seeds!r} must be an integer >= 1")
     return Table(str(data["table"]), data["title"], data["claim"], tuple(rows), bool(data.get("deep", False)),
-                 data.get("x_label"), path, dict(verdict) if verdict else None, figure, baseline)
+                 data.get("x_label"), path, dict(verdict) if verdict else None, figure, baseline, min_seeds)
 
 
 def load_tables(table_ids, sweeps_dir: Path = SWEEPS_DIR) -> list[Table]:
