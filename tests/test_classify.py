@@ -188,3 +188,23 @@ def test_cli_bad_input_is_one_line(tmp_path, over, line):
                        capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith(line) and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()  # nothing made before the error
+
+
+def test_classifier_lr_follows_the_detection_schedule():
+    """One lr schedule for both apps: the classifier's warm-up + cosine is focalbench.model.lit.lr_factor."""
+    from focalbench.classify.model import MLP, ClassifierModule
+    from focalbench.losses import build_classification_loss
+    from focalbench.model.lit import lr_factor
+
+    crit = build_classification_loss("focal")
+    module = ClassifierModule(MLP(4, 1, hidden=(8,)), crit, 1, lr=0.01, max_steps=50, warmup_steps=10)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(50):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [0.01 * lr_factor(s, max_steps=50, warmup_iters=10, warmup_factor=0.1, schedule="cosine") for s in range(50)]
+    assert seen == pytest.approx(want)
+    assert seen[0] == pytest.approx(0.001) and max(seen) == pytest.approx(0.01) and seen[-1] < 1e-4

@@ -7,11 +7,11 @@ predicting ``pi`` for every class and the many easy negatives do not swamp the f
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import nn
+
+from focalbench.model.lit import lr_factor
 
 from .criterion import sample_losses
 
@@ -96,16 +96,12 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # the detection app's schedule (focalbench.model.lit.lr_factor): linear warm-up from 1/warm of the lr
+        # over warmup_steps, then cosine decay to 0 at max_steps
         warm = max(1, self.warmup_steps)
-        total = max(warm + 1, self.max_steps)
-
-        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 0 at max_steps
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / (total - warm))
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        kw = dict(max_steps=max(warm + 1, self.max_steps), warmup_iters=warm, warmup_factor=1.0 / warm,
+                  schedule="cosine")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **kw))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     @torch.no_grad()
