@@ -208,3 +208,24 @@ def test_classifier_lr_follows_the_detection_schedule():
     want = [0.01 * lr_factor(s, max_steps=50, warmup_iters=10, warmup_factor=0.1, schedule="cosine") for s in range(50)]
     assert seen == pytest.approx(want)
     assert seen[0] == pytest.approx(0.001) and max(seen) == pytest.approx(0.01) and seen[-1] < 1e-4
+
+
+def test_composing_one_app_inside_the_other_keeps_the_callers_hydra():
+    """Both apps compose through focalbench.hydra_context: a context over the other app's folder is set aside
+    for the block and restored (classify's compose used to clear it)."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from focalbench.hydra_context import main_config_dir
+    from focalbench.paths import CLASSIFY_CONF_DIR, CONF_DIR
+    from focalbench.train import compose as train_compose
+
+    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="outer"):
+        assert main_config_dir() == CONF_DIR.resolve()
+        assert compose(["profile=smoke"]).data.kind                   # the classification app's config...
+        assert GlobalHydra.instance().is_initialized() and main_config_dir() == CONF_DIR.resolve()  # ...caller's kept
+        assert train_compose(["profile=smoke"]).model.backbone.name    # and the running one is used as it is
+    with hydra.initialize_config_dir(config_dir=str(CLASSIFY_CONF_DIR), version_base="1.3", job_name="outer"):
+        assert train_compose(["profile=smoke"]).anchors.scales
+        assert main_config_dir() == CLASSIFY_CONF_DIR.resolve()
+    assert not GlobalHydra.instance().is_initialized()

@@ -34,6 +34,7 @@ from focalbench.checkpoints import (CheckpointError, checkpoint_dir, continue_cs
                                     resolve_ckpt_path)
 from focalbench.builders import (build_callbacks, build_datamodule, build_module, build_trainer,  # noqa: F401
                                  derive_schedule)
+from focalbench.hydra_context import hydra_context
 from focalbench.paths import CONF_DIR  # the package's conf/, or $FOCALBENCH_CONF
 from focalbench.runstore import atomic_write_json, config_hash, git_sha, hashed_view
 
@@ -57,11 +58,8 @@ def compose(overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:
     config interpolates ``${hydra:...}``, so it resolves outside a Hydra app. ``validate``: unknown group
     options and values no run accepts raise ``ConfigError`` (one line, see focalbench.config_schema).
     """
-    overrides = list(overrides)
-    if GlobalHydra.instance().is_initialized():  # inside a Hydra app or an initialize() block
-        return _compose(overrides, validate)
-    with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="train"):
-        return _compose(overrides, validate)
+    with hydra_context(CONF_DIR, "train"):  # inside the app (or an initialize() block over conf/): that one
+        return _compose(list(overrides), validate)
 
 
 def _compose(overrides: list[str], validate: bool) -> DictConfig:

@@ -40,15 +40,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bo
     """The run config for ``overrides`` (Hydra compose API), as ``python -m focalbench.classify`` sees it
     (``return_hydra_config``: with its ``hydra`` node, e.g. ``hydra.run.dir``)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
-    gh = GlobalHydra.instance()
-    if gh.is_initialized():
-        gh.clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
-    return cfg
+    from focalbench.hydra_context import hydra_context
+
+    with hydra_context(CONF_DIR, "classify"):  # the detection app's rule: the running context, or a fresh one
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_config_for_hash(cfg: DictConfig | dict) -> dict:
