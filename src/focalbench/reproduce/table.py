@@ -28,11 +28,14 @@ class Table:
     verdict: dict | None = None     # {rule: <name in analysis.RULES>, ...the rule's parameters}
     figure: str = "bars"            # one of FIGURE_KINDS
     baseline: str | None = None     # row the figures plot differences against (default: the first row)
-    min_seeds: int = 1              # seeds the verdict needs (an equivalence test's power): runs at least these
+    min_seeds: int = 1              # seeds the verdict needs (an equivalence test's power): a study of several
+                                    # seeds runs at least these
 
     def seeds_for(self, seeds: list[int]) -> list[int]:
-        """The seeds this table runs when the command asks for ``seeds``: at least ``min_seeds`` of them."""
-        return list(seeds) if len(seeds) >= self.min_seeds else list(range(self.min_seeds))
+        """The seeds this table runs when the command asks for ``seeds``: a single seed stays a single-seed look
+        (nothing is decided on one seed without the profile's noise sd); a study of several seeds runs at
+        least ``min_seeds``."""
+        return list(seeds) if len(seeds) <= 1 or len(seeds) >= self.min_seeds else list(range(self.min_seeds))
 
     @property
     def baseline_row(self) -> str:
