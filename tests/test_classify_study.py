@@ -49,16 +49,25 @@ def test_smoke_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert len(trials[0].get_trials()) == 2 * 4 * 2
 
 
-def test_verdict_rule_uses_the_seed_spread():
+def test_verdict_rule_is_the_paired_t_interval_of_the_paper_tables():
     import numpy as np
+
+    from focalbench.stats import paired_diff
 
     win, diff, spread, _ = beats(np.array([0.8, 0.82, 0.81]), np.array([0.5, 0.52, 0.49]))
     assert win and diff > spread
     win, *_ = beats(np.array([0.8, 0.5, 0.9]), np.array([0.6, 0.7, 0.65]))
     assert not win  # a mean gain inside the spread of the paired differences is noise
     # paired: a consistent gain on tasks of very different difficulty counts
-    win, diff, spread, _ = beats(np.array([0.86, 0.15, 0.07]), np.array([0.84, 0.05, 0.02]))
+    win, diff, spread, _ = beats(np.array([0.86, 0.15, 0.07]), np.array([0.80, 0.10, 0.02]))
     assert win and spread < diff
+    # d = .02, .10, .05: mean above the sd (the old rule's win) but the 95% t interval (t = 4.30 at 2 df)
+    # reaches below 0: not a win, as in the paper tables' verdicts
+    a, b = np.array([0.86, 0.15, 0.07]), np.array([0.84, 0.05, 0.02])
+    win, diff, spread, p = beats(a, b)
+    assert diff > spread and not win
+    ref = paired_diff(dict(enumerate(a)), dict(enumerate(b)))
+    assert ref.low < 0 < ref.high and p == ref.p
 
 
 def test_the_imbalance_study_shares_the_engines_stale_rule(tmp_path):

@@ -1,4 +1,4 @@
-"""focalbench.reproduce.stats against scipy and against hand / brute-force computations."""
+"""focalbench.stats against scipy and against hand / brute-force computations."""
 
 import itertools
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from focalbench.reproduce import stats
+from focalbench import stats
 
 A = {0: 12.1, 1: 15.3, 2: 13.9, 3: 16.4, 4: 11.0}
 B = {0: 10.0, 1: 14.1, 2: 13.5, 3: 13.2, 4: 10.4}

@@ -1,13 +1,12 @@
 """Tables, figures and the verdict of the imbalance study, rebuilt from the run cache (no training here).
 
 Verdict rule (stated in report.md): at one ratio, "A beats B" on the test AP when the paired
-differences d_s = A_s - B_s over seeds (a seed fixes the data, so both rows saw the same data) have a
-positive mean larger than their standard deviation (ddof=1), i.e. a paired t statistic above
-sqrt(n_seeds); a difference inside that spread is noise. Not the unpaired combined spread
+differences d_s = A_s - B_s over seeds (a seed fixes the data, so both rows saw the same data) have a 95%
+t interval above 0 (``focalbench.stats.paired_diff``, the paper tables' rule). Not the unpaired combined spread
 sqrt(sd_A^2 + sd_B^2): each seed draws a different make_classification task, and the difficulty of the
 tasks varies far more than the effect of the loss, which pairing removes. The claim "FL beats CE and alpha-CE from 1:1000 on, and gives no
 gain at 1:1" holds for an FL row when it beats both CE and alpha-CE at every ratio >= 1000 of the grid,
-and beats neither at 1:1. A paired t-test over seeds (scipy) is printed beside, for information.
+and beats neither at 1:1. The paired t-test's p is printed beside, for information.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import optuna
 
 from focalbench.classify.plan import grid, storage_for, study_name
 from focalbench.runstore import RunStore, atomic_write_text
+from focalbench.stats import paired_diff
 
 COLUMNS = [("AP", "AP", True), ("ROC_AUC", "ROC AUC", True), ("recall_at_fpr", "recall@FPR", True),
            ("best_F1", "best F1", True), ("ECE", "ECE", False), ("Brier", "Brier", False)]
@@ -65,15 +65,12 @@ def _ms(v: np.ndarray) -> tuple[float, float]:
 
 
 def beats(a: np.ndarray, b: np.ndarray) -> tuple[bool, float, float, float]:
-    """(A beats B, mean paired difference, sd of the paired differences, paired t-test p) over seeds."""
-    from scipy import stats
-
+    """(A beats B, mean paired difference, sd of the paired differences, paired t-test p) over seeds: A
+    beats B when the 95% t interval of the paired differences lies above 0 (``focalbench.stats``)."""
     if len(a) != len(b) or len(a) == 0:
         return False, math.nan, math.nan, math.nan
-    d = a - b
-    diff, spread = float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else math.inf
-    p = float(stats.ttest_rel(a, b).pvalue) if len(a) > 1 and np.any(d != 0) else math.nan
-    return bool(diff > 0 and diff > spread), diff, spread, p
+    d = paired_diff(dict(enumerate(map(float, a))), dict(enumerate(map(float, b))))
+    return d.effect > 0, d.mean, d.sd if d.n > 1 else math.inf, d.p
 
 
 def verdict(sweep: dict, results: dict) -> dict:
@@ -247,13 +244,13 @@ def write_report(sweep: dict, tables: list[str], out_dir: Path, command: str, wa
         "start for all rows, as in the paper's ablations (`model.prior_prob=freq` uses the class frequency).",
         "- Loss: the `focalbench.losses` criterion chosen by `loss=` (conf/loss/), averaged over the minibatch.",
         "- Verdict rule: at a ratio, A beats B when the paired differences over seeds, d_s = AP(A, seed s) - "
-        "AP(B, seed s), have a positive mean larger than their standard deviation (ddof=1), i.e. a paired t "
-        "statistic above sqrt(number of seeds). The claim holds for an FL row when it beats both CE and "
+        "AP(B, seed s), have a 95% t interval above 0 (mean ± t_.975(n - 1) sd / sqrt(n): the paper tables' "
+        "rule, `focalbench.stats.paired_diff`). The claim holds for an FL row when it beats both CE and "
         "alpha-CE at every ratio >= 1000 and beats neither at 1:1. Paired, because a seed draws the data "
         "(a different make_classification task per seed) and every row of that seed trains on the same "
         "data: the tasks' difficulty varies much more than the loss effect, so the unpaired combined sd "
-        "(last column below, for information) would call every difference noise. Paired t-test p-values "
-        "are shown for information only.\n",
+        "(last column below, for information) would call every difference noise. The paired t-test's p is "
+        "shown for information.\n",
         "## Tables\n", table_md.split("\n", 2)[2],
         "![AP vs ratio](ap_vs_ratio.png)\n", "![ECE vs ratio](ece_vs_ratio.png)\n",
         "## Comparisons behind the verdict (test AP)\n"]

@@ -2,7 +2,7 @@
 
 Every comparison of two rows is *paired by seed* (rows that share a seed share the initialisation and the
 batch order): a difference is an effect when the 95% interval of the paired differences excludes 0
-(:func:`focalbench.reproduce.stats.paired_diff`: t with n - 1 df; a single seed uses the noise sd of the
+(:func:`focalbench.stats.paired_diff`: t with n - 1 df; a single seed uses the noise sd of the
 table set, or a per-profile value, with a normal quantile; without either a single seed decides nothing).
 "About as good" claims use the TOST with a margin stated in the table's YAML (:func:`stats.tost`).
 
@@ -20,8 +20,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from focalbench.reproduce import stats
-from focalbench.reproduce.stats import Equivalence, PairedDiff, Pooled, TauStats
+from focalbench import stats
+from focalbench.stats import Equivalence, PairedDiff, Pooled, TauStats
 from focalbench.reproduce.table import Table
 
 METRICS = ("AP", "AP50", "AP75")

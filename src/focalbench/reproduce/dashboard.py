@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from focalbench.reproduce.analysis import NoiseChoice, RowResult, Verdict, baseline_differences, describe_rule
-from focalbench.reproduce.stats import TauStats
+from focalbench.stats import TauStats
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import atomic_write_text
 

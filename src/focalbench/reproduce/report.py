@@ -12,7 +12,7 @@ from focalbench.reproduce import figures
 from focalbench.reproduce.dashboard import build_dashboard
 from focalbench.reproduce.analysis import (SIZE_METRICS, NoiseChoice, RowResult, Verdict, choose_noise_sd,
                                            describe_rule, table_verdict, tau_stats)
-from focalbench.reproduce.stats import TauStats
+from focalbench.stats import TauStats
 from focalbench.reproduce.runner import RunSpec
 from focalbench.reproduce.sweeps import Table
 from focalbench.runstore import RunStore, atomic_write_text

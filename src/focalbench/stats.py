@@ -1,5 +1,5 @@
-"""Statistics of the paper-table reproduction: paired differences over seeds, pooled noise, equivalence
-tests and rank agreement with the paper (pure numpy/scipy).
+"""Statistics of paired comparisons over seeds, for the paper tables and the imbalance study alike: paired
+differences, pooled noise, equivalence tests and rank agreement with the paper (pure numpy/scipy).
 
 Rows of a table that share a seed share the initialisation and the batch order, so two rows are compared
 on their *paired* differences ``d_s = a_s - b_s`` over the seeds ``s`` both have: the seed's shared offset
